@@ -1,0 +1,107 @@
+// Helpers shared by GPU tests: device buffers that free themselves, seeded random inputs,
+// output poisoning, and the relative-L2 / cosine metrics every test reports.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/errors.h"
+
+namespace llmq::test {
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(std::size_t n) : n_(n) { LLMQ_CUDA_CHECK(cudaMalloc(&ptr_, std::max<std::size_t>(n, 1) * sizeof(T))); }
+  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() const { return ptr_; }
+  std::size_t size() const { return n_; }
+  void upload(const std::vector<T>& host) {
+    LLMQ_REQUIRE(host.size() == n_, "upload of {} elements into a buffer of {}", host.size(), n_);
+    LLMQ_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  std::vector<T> download() const {
+    std::vector<T> host(n_);
+    LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
+    LLMQ_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+  // Fills every byte with 0xFF (NaN for floats) so that unwritten outputs are caught.
+  void poison() { LLMQ_CUDA_CHECK(cudaMemset(ptr_, 0xFF, n_ * sizeof(T))); }
+
+ private:
+  T* ptr_ = nullptr;
+  std::size_t n_;
+};
+
+inline std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+inline std::vector<float> random_normal(std::size_t n, std::uint64_t seed, float stddev = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+inline std::vector<__nv_bfloat16> to_bf16(const std::vector<float>& v) {
+  std::vector<__nv_bfloat16> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __float2bfloat16(v[i]);
+  return out;
+}
+inline std::vector<float> to_float(const std::vector<__nv_bfloat16>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = __bfloat162float(v[i]);
+  return out;
+}
+// Rounds through bf16, so CPU references see exactly the inputs the GPU sees.
+inline std::vector<float> round_bf16(const std::vector<float>& v) { return to_float(to_bf16(v)); }
+
+// ||out - ref|| / ||ref||, accumulated in double; NaN/Inf anywhere in `out` gives +inf.
+template <typename A, typename B>
+double rel_l2(const std::vector<A>& out, const std::vector<B>& ref) {
+  EXPECT_EQ(out.size(), ref.size());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < out.size() && i < ref.size(); ++i) {
+    double o = static_cast<double>(out[i]), r = static_cast<double>(ref[i]);
+    if (!std::isfinite(o)) return INFINITY;
+    num += (o - r) * (o - r);
+    den += r * r;
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+template <typename A, typename B>
+double cosine(const std::vector<A>& a, const std::vector<B>& b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    double x = static_cast<double>(a[i]), y = static_cast<double>(b[i]);
+    ab += x * y;
+    aa += x * x;
+    bb += y * y;
+  }
+  return ab / std::sqrt(aa * bb + 1e-300);
+}
+
+inline void sync_and_check() {
+  LLMQ_CUDA_CHECK(cudaGetLastError());
+  LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+}  // namespace llmq::test
