@@ -1,0 +1,120 @@
+// Device helpers shared by the kernel files: element conversion, 16-byte vector access,
+// warp/block reductions and stochastic rounding. Included only from .cu files.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace llmq::kernels {
+
+inline constexpr int kWarpSize = 32;
+
+__host__ __device__ constexpr int ceil_div(long a, long b) { return static_cast<int>((a + b - 1) / b); }
+
+// ---- element conversion -----------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ float to_float(T x);
+template <>
+__device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// ---- 16-byte vectors ----------------------------------------------------------------------------
+// Vec<T> holds 16 bytes of T (4 floats, 8 bf16). Loads/stores require 16-byte aligned addresses.
+template <typename T>
+struct alignas(16) Vec {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+  __device__ __forceinline__ T& operator[](int i) { return v[i]; }
+  __device__ __forceinline__ const T& operator[](int i) const { return v[i]; }
+};
+
+template <typename T>
+__device__ __forceinline__ Vec<T> load_vec(const T* p) {
+  Vec<T> out;
+  *reinterpret_cast<int4*>(&out) = *reinterpret_cast<const int4*>(p);
+  return out;
+}
+// Streaming load: data read once, keep it out of L1 (and low priority in L2).
+template <typename T>
+__device__ __forceinline__ Vec<T> load_vec_stream(const T* p) {
+  Vec<T> out;
+  *reinterpret_cast<int4*>(&out) = __ldcs(reinterpret_cast<const int4*>(p));
+  return out;
+}
+template <typename T>
+__device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
+  *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
+}
+
+// ---- reductions ---------------------------------------------------------------------------------
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+// Sum over the whole block; every thread gets the result. `scratch` needs 32 floats of shared memory.
+// Contains __syncthreads(): all threads of the block must call it.
+__device__ __forceinline__ float block_sum(float x, float* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  x = warp_sum(x);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < warps ? scratch[lane] : 0.f;
+  return warp_sum(x);
+}
+__device__ __forceinline__ float block_max(float x, float* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  x = warp_max(x);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = x;
+  __syncthreads();
+  x = lane < warps ? scratch[lane] : -INFINITY;
+  return warp_max(x);
+}
+
+// ---- random numbers and stochastic rounding ------------------------------------------------------
+// Counter-based hash (no state): the same (index, seed) always gives the same 32 random bits,
+// so results do not depend on the launch configuration.
+__host__ __device__ __forceinline__ std::uint32_t hash_u32(std::uint32_t index, std::uint32_t seed) {
+  std::uint32_t h = index * 0x9E3779B1u ^ (seed + 0x7F4A7C15u);
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  h += seed * 0x27D4EB2Fu;
+  h ^= h >> 15;
+  h *= 0x2C1B3C6Du;
+  h ^= h >> 12;
+  return h;
+}
+
+// Rounds x to bf16 up or down with probability proportional to the distance, so that
+// E[result] == x: small optimizer updates survive on average instead of being rounded away.
+__device__ __forceinline__ __nv_bfloat16 stochastic_round_bf16(float x, std::uint32_t random_bits) {
+  std::uint32_t bits = __float_as_uint(x);
+  if ((bits & 0x7F800000u) == 0x7F800000u) return __float2bfloat16_rn(x);  // inf / nan unchanged
+  bits += random_bits & 0xFFFFu;  // add noise below the bf16 mantissa, then truncate
+  bits &= 0xFFFF0000u;
+  return __float2bfloat16_rz(__uint_as_float(bits));
+}
+
+}  // namespace llmq::kernels
