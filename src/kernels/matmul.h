@@ -1,0 +1,66 @@
+// Matrix multiplies through cuBLASLt, in row-major (PyTorch) conventions:
+//
+//   out[M, N] (+)= alpha * op(a) @ op(b) (+ bias[N] broadcast over rows)
+//
+// where a is [M, K] ([K, M] when trans_a) and b is [K, N] ([N, K] when trans_b), all row-major and
+// contiguous. Typical uses in a linear layer y = x @ W^T + bias with W [Cout, Cin]:
+//   forward  y[N, Cout]     = x[N, Cin] @ W[Cout, Cin]^T          trans_b
+//   backward dx[N, Cin]     = dy[N, Cout] @ W[Cout, Cin]
+//            dW[Cout, Cin] += dy[N, Cout]^T @ x[N, Cin]            trans_a, accumulate
+//
+// Supported element types (accumulation is always fp32, CUBLAS_COMPUTE_32F, never TF32):
+//   a, b fp32 -> out fp32;  a, b bf16 -> out bf16 or fp32.
+// The bias has the dtype of `out`. With accumulate=true the old contents of `out` are read
+// (beta = 1), also when `out` is bf16.
+//
+// A MatmulContext owns the cuBLASLt handle and caches, per problem (shape, transposes, dtypes,
+// bias epilogue, pointer alignment), the descriptors and the algorithm the heuristic picked.
+// It is not thread-safe: use one context per thread (and do not run two streams' matmuls on
+// one context concurrently, they would share its workspace).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <memory>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+
+namespace llmq::kernels {
+
+class MatmulContext {
+ public:
+  // cuBLASLt's recommended workspace on Hopper; smaller works, with fewer algorithms to choose from.
+  static constexpr std::size_t kRecommendedWorkspaceBytes = std::size_t{32} << 20;
+
+  // `workspace` (device memory, >= 256-byte aligned, may be null when workspace_bytes == 0) stays
+  // owned by the caller, who allocates it through llmq::Allocator (category Workspace) so the
+  // memory budget stays exact. It must outlive the context.
+  MatmulContext(void* workspace, std::size_t workspace_bytes);
+  ~MatmulContext();
+  MatmulContext(const MatmulContext&) = delete;
+  MatmulContext& operator=(const MatmulContext&) = delete;
+
+  // Number of distinct problems seen so far (each has one cached algorithm).
+  std::size_t cached_problems() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+  friend void matmul(MatmulContext&, void*, DType, const void*, const void*, DType, int, int, int, bool, bool, float,
+                     bool, const void*, cudaStream_t);
+};
+
+// Raw-pointer launcher (see the head comment for the math). bias may be null.
+void matmul(MatmulContext& ctx, void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int M, int N,
+            int K, bool trans_a, bool trans_b, float alpha, bool accumulate, const void* bias, cudaStream_t stream);
+
+// Tensor-level wrapper. Every tensor is read as a matrix [rows, last dim] where rows is the product
+// of the leading dimensions (so x [B, T, C] is [B*T, C]). Checks that the shapes fit
+// (out [M, N], op(a) [M, K], op(b) [K, N]), the dtypes, the location, and bias (empty: none;
+// otherwise N elements of out's dtype); throws llmq::Error naming the offending tensor.
+void matmul(MatmulContext& ctx, const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+            float alpha, bool accumulate, const Tensor& bias, cudaStream_t stream);
+
+}  // namespace llmq::kernels
