@@ -1,0 +1,32 @@
+// Fused softmax cross-entropy for the chunked LM head (math in cross_entropy.cu).
+// The launcher overwrites a chunk of logits [R, V] with their gradient, so a chunk of fp32/bf16
+// logits is the only vocabulary-sized buffer ever needed.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace llmq::kernels {
+
+// Target id that marks a position without loss (padding, masked prompt tokens).
+inline constexpr std::int32_t kIgnoreTarget = -1;
+
+// For each of the R rows: losses[r] = lse - logits[r, target] + z_loss * lse^2 (0 when ignored) and,
+// in place, logits[r, :] <- (softmax * (1 + 2 z_loss lse) - onehot(target)) * grad_scale (0 when ignored).
+// A target outside [-1, V) gives a NaN loss so that the bad data shows up in the log.
+void cross_entropy_forward_backward(float* logits, const std::int32_t* targets, float* losses, int R, int V,
+                                    float grad_scale, float z_loss, cudaStream_t stream);
+void cross_entropy_forward_backward(nv_bfloat16* logits, const std::int32_t* targets, float* losses, int R, int V,
+                                    float grad_scale, float z_loss, cudaStream_t stream);
+
+// Scratch needed by loss_sum (independent of R).
+std::size_t loss_sum_scratch_bytes();
+
+// loss_sum[0] = sum_r losses[r] and valid_count[0] = #{r : targets[r] != -1}, both written (not added),
+// in a fixed summation order: the same inputs always give the same bits.
+void loss_sum(const float* losses, const std::int32_t* targets, int R, float* loss_sum, int* valid_count,
+              void* scratch, cudaStream_t stream);
+
+}  // namespace llmq::kernels
