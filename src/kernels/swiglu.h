@@ -1,0 +1,20 @@
+// SwiGLU activation of the Qwen2 MLP, forward and backward (math in swiglu.cu).
+//
+// LAYOUT: h [N, 2D] holds the gate projection in columns [0, D) and the up projection in columns
+// [D, 2D) of every row (the fused gate_up matmul with weight rows gate_proj then up_proj).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace llmq::kernels {
+
+// out[n, j] = silu(h[n, j]) * h[n, D + j], out [N, D]. D % 8 == 0 required.
+void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream);
+void swiglu_forward(nv_bfloat16* out, const nv_bfloat16* h, int N, int D, cudaStream_t stream);
+
+// dh[n, j] = d out / d gate, dh[n, D + j] = d out / d up, given dout [N, D] and the forward input h.
+// dh may alias h (overwrites h with its gradient).
+void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D, cudaStream_t stream);
+void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D, cudaStream_t stream);
+
+}  // namespace llmq::kernels
