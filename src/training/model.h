@@ -44,6 +44,7 @@ class Model {
   virtual void export_model(const std::filesystem::path& dir) const = 0;
 
   virtual double training_flops_per_token() const = 0;
+  virtual int vocab_size() const = 0;
   virtual const Allocator& allocator() const = 0;
 };
 

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]      stages: tests reference train resume bench (default: all)
+# BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
+# LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
+# stage and summary.txt, whose lines are also printed at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-build}; shift || true
+STAGES=${*:-tests reference train resume bench}
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+SUMMARY="$OUT/summary.txt"; : > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+# Binaries built against a newer cuDNN than the system's run with the one PyTorch ships.
+torch_cudnn=$(python3 -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null || true)
+export LD_LIBRARY_PATH="$BIN/lib:${torch_cudnn}:${LD_LIBRARY_PATH:-}"
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader | sed 's/^/gpu: /' | tee -a "$SUMMARY"
+
+stage_tests() {
+  local pass=0 fail=0 t
+  for t in "$BIN"/gpu_test_*; do
+    if "$t" --gtest_brief=1 >>"$OUT/tests.log" 2>&1; then pass=$((pass + 1)); else fail=$((fail + 1)); note "FAILED: $(basename "$t")"; fi
+  done
+  grep -E "^\[  (PASSED|FAILED)|FAILED TEST|tolerance|rel" "$OUT/tests.log" | tail -n 40 >>"$SUMMARY" || true
+  note "gpu test executables: $pass passed, $fail failed"
+}
+
+stage_reference() {
+  python3 tests/reference/compare_with_transformers.py --driver "$BIN/reference_step" >"$OUT/reference.log" 2>&1
+  local rc=$?
+  grep -E "^\[|gradients:|weights after|reference:|FAIL|Error|error" "$OUT/reference.log" | tail -n 40 >>"$SUMMARY"
+  python3 tests/reference/compare_with_transformers.py --driver "$BIN/reference_step" --case qwen0.5b --steps 3 \
+    >"$OUT/reference_05b.log" 2>&1 || rc=1
+  grep -E "^\[|gradients:|reference:|FAIL|rror" "$OUT/reference_05b.log" | tail -n 20 >>"$SUMMARY"
+  note "reference stage rc=$rc"
+}
+
+shakespeare_tokens() {  # byte-level tokens need nothing installed; the vocab (257) fits any Qwen preset
+  local d=/tmp/llmq_data
+  [ -f $d/train.bin ] || python3 scripts/tokenize_data.py --tokenizer byte --input scripts/data/tinyshakespeare.txt \
+    --out $d/ >>"$OUT/train.log" 2>&1
+  echo $d
+}
+
+train_common() {
+  local d; d=$(shakespeare_tokens)
+  echo --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin \
+    --model-dtype=bf16 --seq-len=1024 --learning-rate=6e-4 --warmup=20 --final-lr-fraction=0.1
+}
+
+stage_train() {
+  "$BIN/train" $(train_common) --batch-size=16 --grad-accumulation=2 --steps=200 --eval-every-n-steps=25 \
+    --eval-num-steps=8 --ckpt-interval=0 --out-dir=/tmp/llmq_out/train --checkpoint-dir=/tmp/llmq_ckpt/train \
+    --log-file="$OUT/train_log.json" >"$OUT/train.log" 2>&1
+  local rc=$?
+  grep -E "^\[V\]|error" "$OUT/train.log" | tail -n 12 >>"$SUMMARY"
+  grep -E "^\[T\]" "$OUT/train.log" | tail -n 3 >>"$SUMMARY"
+  note "train stage rc=$rc"
+  python3 tests/reference/check_export.py --model /tmp/llmq_out/train --tokens /tmp/llmq_data/eval.bin \
+    --log "$OUT/train_log.json" >>"$OUT/train.log" 2>&1 && note "export check: PASS" || note "export check: FAIL (see train.log)"
+}
+
+stage_resume() {
+  local args; args="$(train_common) --batch-size=4 --grad-accumulation=2 --eval-every-n-steps=0 --eval-file="
+  "$BIN/train" $args --steps=20 --ckpt-interval=0 --checkpoint-dir=/tmp/llmq_ckpt/straight --out-dir=/tmp/llmq_out/straight \
+    --log-file=/tmp/straight.json >"$OUT/resume.log" 2>&1
+  "$BIN/train" $args --steps=20 --ckpt-interval=10 --checkpoint-dir=/tmp/llmq_ckpt/split --out-dir=/tmp/llmq_out/split \
+    --log-file=/tmp/split_a.json >>"$OUT/resume.log" 2>&1
+  rm -rf /tmp/llmq_ckpt/split/step-00000020  # pretend the run stopped after step 10
+  "$BIN/train" $args --steps=20 --ckpt-interval=10 --checkpoint-dir=/tmp/llmq_ckpt/split --out-dir=/tmp/llmq_out/split \
+    --log-file=/tmp/split_b.json --continue >>"$OUT/resume.log" 2>&1
+  python3 - "$SUMMARY" <<'PY' 2>&1 | tee -a "$OUT/resume.log"
+import json, sys
+def losses(p):
+    return {r["step"]: (r["loss"], r["norm"]) for r in map(json.loads, open(p)) if r.get("kind") == "train"}
+a, b = losses("/tmp/straight.json"), losses("/tmp/split_b.json")
+same = [s for s in b if s in a and a[s] == b[s]]
+line = f"resume: steps {sorted(b)[0] if b else None}..{sorted(b)[-1] if b else None} after --continue; identical loss+norm at {len(same)}/{len(b)} steps"
+print(line)
+open(sys.argv[1], "a").write(line + ("  PASS\n" if b and len(same) == len(b) else "  FAIL\n"))
+PY
+}
+
+stage_bench() {
+  local d; d=$(shakespeare_tokens)
+  for cfg in "Qwen2.5-0.5B 32 1" "Qwen2.5-1.5B 16 1"; do
+    set -- $cfg
+    "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file= --model-dtype=bf16 \
+      --batch-size=$2 --grad-accumulation=$3 --steps=12 --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state \
+      --out-dir=/tmp/llmq_out/bench --log-file=/tmp/bench.json >"$OUT/bench_$1.log" 2>&1
+    note "bench $1 bf16 B=$2: $(grep -E '^\[T\]' "$OUT/bench_$1.log" | tail -n 1) $(grep -E 'error' "$OUT/bench_$1.log" | head -n 1)"
+  done
+}
+
+for s in $STAGES; do
+  start=$(date +%s)
+  "stage_$s"
+  note "stage $s took $(( $(date +%s) - start )) s"
+done
+echo "=== summary"; cat "$SUMMARY"

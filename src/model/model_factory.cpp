@@ -1,0 +1,50 @@
+#include "model/model_factory.h"
+
+#include <fmt/format.h>
+
+#include "model/config.h"
+#include "model/model_files.h"
+#include "model/qwen_model.h"
+
+namespace llmq {
+
+namespace {
+ModelConfig config_for(const TrainOptions& opts, const ModelFiles& files) {
+  if (files.config_json) return load_config_json(*files.config_json);
+  if (opts.from_scratch) {
+    if (auto preset = find_preset(opts.model)) return *preset;
+    throw Error(fmt::format("--model={}: no config.json found and not a built-in preset; with --from-scratch use one "
+                            "of: {}", opts.model, fmt::join(preset_names(), ", ")));
+  }
+  throw Error(model_not_found_message(opts.model));
+}
+}  // namespace
+
+std::unique_ptr<Model> build_model(const TrainOptions& opts) {
+  const ModelFiles files = resolve_model(opts.model);
+  const ModelConfig cfg = config_for(opts, files);
+  std::filesystem::path weights;
+  if (!opts.from_scratch) {
+    LLMQ_REQUIRE(files.weights.has_value(), "--model={}: {} has config.json but no model.safetensors (or index); "
+                 "pass --from-scratch to train from a random initialisation", opts.model, files.dir.string());
+    weights = *files.weights;
+    fmt::print("Loading model from {}\n", weights.string());
+  } else {
+    fmt::print("Initialising {} from scratch (seed {})\n", cfg.name, opts.seed);
+  }
+  QwenModelOptions m;
+  m.model_dtype = opts.model_dtype;
+  m.opt_m_dtype = opts.opt_m_dtype;
+  m.opt_v_dtype = opts.opt_v_dtype;
+  m.batch_size = opts.batch_size;
+  m.seq_len = opts.seq_len;
+  m.grad_accumulation = opts.grad_accumulation;
+  m.lmhead_chunks = opts.lmhead_chunks;
+  m.seed = opts.seed;
+  m.z_loss = static_cast<float>(opts.z_loss);
+  m.init_proj_to_zero = opts.init_proj_to_zero;
+  m.memory_limit = opts.memory_limit;
+  return make_qwen_model(cfg, m, weights);
+}
+
+}  // namespace llmq

@@ -1,0 +1,107 @@
+// QwenModel: a Qwen2-style decoder on one GPU, implementing the training loop's Model interface.
+// Element type T is float (fp32 models) or nv_bfloat16 (bf16 models); weights, activations and
+// gradients use T, Adam m/v use their own dtypes, all accumulation is fp32.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "core/allocator.h"
+#include "model/config.h"
+#include "model/param_layout.h"
+#include "model/run_state.h"
+#include "training/model.h"
+
+namespace llmq {
+
+struct QwenModelOptions {
+  DType model_dtype = DType::BF16;
+  DType opt_m_dtype = DType::FP32;
+  DType opt_v_dtype = DType::FP32;
+  int batch_size = 4;          // B
+  int seq_len = 1024;          // T
+  int grad_accumulation = 1;   // micro-batches per optimizer step (scales the loss gradient)
+  int lmhead_chunks = 1;
+  std::uint64_t seed = 42;     // weight init and stochastic rounding
+  float z_loss = 0.f;          // adds z_loss * logsumexp^2 to each token's loss
+  bool init_proj_to_zero = false;  // random init: attention-out and MLP-down projections start at zero
+  std::optional<std::size_t> memory_limit;
+};
+
+// Builds the model: weights from `weights_path` (a safetensors file, index or directory) or, when
+// it is empty, random initialisation the way transformers does it.
+std::unique_ptr<Model> make_qwen_model(const ModelConfig& cfg, const QwenModelOptions& opts,
+                                       const std::filesystem::path& weights_path);
+
+namespace kernels {
+class MatmulContext;
+class AttentionContext;
+struct AdamWConfig;
+}  // namespace kernels
+
+template <typename T>
+class QwenModel final : public Model {
+ public:
+  QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts);
+  ~QwenModel() override;
+
+  void init_random(std::uint64_t seed);
+  void load_hf_weights(const std::filesystem::path& weights_path);
+
+  void forward_backward(const std::int32_t* inputs, const std::int32_t* targets, int micro_step) override;
+  StepResult optimizer_step(const AdamWSettings& settings, int step) override;
+  float evaluate(const std::int32_t* inputs, const std::int32_t* targets) override;
+  void save_checkpoint(const std::filesystem::path& dir) const override;
+  void load_checkpoint(const std::filesystem::path& dir) override;
+  void export_model(const std::filesystem::path& dir) const override;
+  double training_flops_per_token() const override;
+  int vocab_size() const override { return cfg_.vocab_size; }
+  const Allocator& allocator() const override { return alloc_; }
+
+  // Current gradients under HF names, as fp32 (tests compare them with PyTorch).
+  void export_gradients(const std::filesystem::path& file) const;
+
+ private:
+  // Forward pass through the final norm; the loss and its gradient come from lm_head_loss.
+  void forward(const std::int32_t* host_inputs);
+  // LM head + cross-entropy, chunked; with `backward` also d(final_out) and the LM head gradient.
+  void lm_head_loss(bool backward, float grad_scale);
+  void backward(const std::int32_t* host_inputs);
+  void upload_batch(const std::int32_t* inputs, const std::int32_t* targets);
+  // Linear layer y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias) and its two gradients.
+  void linear_forward(T* y, const T* x, const T* w, const T* bias, int rows, int in_f, int out_f);
+  void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int rows, int in_f, int out_f);
+  void apply_adamw(int param, const kernels::AdamWConfig& config, const float* clip_scale);
+  void write_hf_tensors(const Tensor& flat, const std::filesystem::path& file, bool as_fp32) const;
+
+  T* weight(int param) const;
+  T* grad(int param) const;
+
+  ModelConfig cfg_;
+  QwenModelOptions opts_;
+  ParamLayout layout_;
+  Allocator alloc_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<kernels::MatmulContext> matmul_;
+  std::unique_ptr<kernels::AttentionContext> attention_;
+  void* matmul_workspace_ = nullptr;
+  void* attention_workspace_ = nullptr;
+  std::size_t attention_workspace_bytes_ = 0;
+
+  Tensor weights_, grads_, adam_m_, adam_v_;  // flat, see ParamLayout
+  std::unique_ptr<RunState> run_;
+  Tensor rope_table_;                         // float2 [T, Hs/2]
+  Tensor embedding_plan_;                     // int32, see kernels/embedding.h
+  Tensor norm_scratch_;                       // scratch of the rmsnorm / bias gradient reductions
+  Tensor loss_scratch_, norm_partials_;       // scratch of loss_sum and the global norm
+  Tensor step_stats_;                         // fp32 [2 + accum]: norm, clip scale, loss sum per micro-batch
+  Tensor valid_counts_;                       // int32 [accum + 1]: valid targets per micro-batch (+ eval)
+  std::vector<float> micro_valid_;            // host copy of the valid target counts of this step
+  std::vector<std::int32_t> host_plan_;       // embedding backward plan of the current micro-batch
+};
+
+}  // namespace llmq

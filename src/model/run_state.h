@@ -1,0 +1,60 @@
+// Activation and scratch buffers of one GPU for micro-batches of B x T tokens, allocated once.
+//
+// Forward data flow of layer l (N = B*T rows; fused kernels in brackets):
+//   ln1_out, ln1_rstd      = rmsnorm(residual[l])           [fused with the previous layer's add]
+//   qkv                    = ln1_out @ qkv_w^T + qkv_b, then RoPE on q and k (in place)
+//   att, att_lse           = causal attention(qkv)
+//   residual_mid[l],
+//   ln2_out, ln2_rstd      = rmsnorm(residual[l] + att @ att_out_w^T)   [fused add + norm]
+//   mlp_up                 = ln2_out @ mlp_up_w^T            (gate | up)
+//   swiglu_out             = silu(gate) * up
+//   residual[l+1], next ln1 (or final_out for the last layer)
+//                          = rmsnorm(residual_mid[l] + swiglu_out @ mlp_down_w^T)
+// Everything the backward pass reads is kept per layer; gradients flowing backward use one set of
+// buffers shared by all layers.
+#pragma once
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/tensor.h"
+#include "model/config.h"
+
+namespace llmq {
+
+struct LayerActivations {
+  Tensor ln1_out, ln1_rstd;      // [N, C], fp32 [N]
+  Tensor qkv;                    // [N, (Hq + 2*Hkv) * Hs], after RoPE
+  Tensor att, att_lse;           // [N, Hq*Hs], fp32 [B, Hq, T]
+  Tensor residual_mid;           // [N, C]
+  Tensor ln2_out, ln2_rstd;      // [N, C], fp32 [N]
+  Tensor mlp_up;                 // [N, 2*D]
+  Tensor swiglu_out;             // [N, D]
+};
+
+struct RunState {
+  RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks);
+
+  int B, T, N;
+  int lmhead_rows;                 // rows of logits materialised at once
+  std::vector<Tensor> residual;    // L+1 tensors [N, C]: residual[l] is the input of layer l
+  std::vector<LayerActivations> layers;
+  Tensor final_out, final_rstd;    // [N, C], fp32 [N]
+
+  // Forward scratch (not needed by backward).
+  Tensor proj_out;                 // [N, C]: output of att_out / mlp_down before the residual add
+  Tensor logits;                   // [lmhead_rows, V]; overwritten in place by its gradient
+  Tensor losses;                   // fp32 [N], per-token loss
+
+  // Backward buffers shared by all layers.
+  Tensor d_residual;               // [N, C]
+  Tensor d_ln;                     // [N, C]
+  Tensor d_att;                    // [N, Hq*Hs]
+  Tensor d_qkv;                    // [N, (Hq + 2*Hkv) * Hs]
+  Tensor d_swiglu;                 // [N, D]
+  Tensor d_mlp_up;                 // [N, 2*D]
+
+  // Per-micro-batch token data on the device.
+  Tensor inputs, targets;          // int32 [N]
+};
+
+}  // namespace llmq
