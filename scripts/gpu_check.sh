@@ -20,7 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 
 stage_tests() {
   local pass=0 fail=0 t
-  for t in "$BIN"/gpu_test_*; do
+  for t in "$BIN"/gpu_test_* "$BIN"/tests/gpu_test_*; do
+    [ -x "$t" ] || continue
     if "$t" --gtest_brief=1 >>"$OUT/tests.log" 2>&1; then pass=$((pass + 1)); else fail=$((fail + 1)); note "FAILED: $(basename "$t")"; fi
   done
   grep -E "^\[  (PASSED|FAILED)|FAILED TEST|tolerance|rel" "$OUT/tests.log" | tail -n 40 >>"$SUMMARY" || true
@@ -30,10 +31,10 @@ stage_tests() {
 stage_reference() {
   python3 tests/reference/compare_with_transformers.py --driver "$BIN/reference_step" >"$OUT/reference.log" 2>&1
   local rc=$?
-  grep -E "^\[|gradients:|weights after|reference:|FAIL|Error|error" "$OUT/reference.log" | tail -n 40 >>"$SUMMARY"
+  grep -E "^\[|gradients:|weights after|    |reference:|FAIL|Error|error" "$OUT/reference.log" | tail -n 40 >>"$SUMMARY"
   python3 tests/reference/compare_with_transformers.py --driver "$BIN/reference_step" --case qwen0.5b --steps 3 \
     >"$OUT/reference_05b.log" 2>&1 || rc=1
-  grep -E "^\[|gradients:|reference:|FAIL|rror" "$OUT/reference_05b.log" | tail -n 20 >>"$SUMMARY"
+  grep -E "^\[|gradients:|weights after|    |reference:|FAIL|rror" "$OUT/reference_05b.log" | tail -n 20 >>"$SUMMARY"
   note "reference stage rc=$rc"
 }
 
@@ -63,7 +64,7 @@ stage_train() {
 }
 
 stage_resume() {
-  local args; args="$(train_common) --batch-size=4 --grad-accumulation=2 --eval-every-n-steps=0 --eval-file="
+  local args; args="$(train_common) --batch-size=4 --grad-accumulation=2 --eval-every-n-steps=0"
   "$BIN/train" $args --steps=20 --ckpt-interval=0 --checkpoint-dir=/tmp/llmq_ckpt/straight --out-dir=/tmp/llmq_out/straight \
     --log-file=/tmp/straight.json >"$OUT/resume.log" 2>&1
   "$BIN/train" $args --steps=20 --ckpt-interval=10 --checkpoint-dir=/tmp/llmq_ckpt/split --out-dir=/tmp/llmq_out/split \
@@ -87,7 +88,7 @@ stage_bench() {
   local d; d=$(shakespeare_tokens)
   for cfg in "Qwen2.5-0.5B 32 1" "Qwen2.5-1.5B 16 1"; do
     set -- $cfg
-    "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file= --model-dtype=bf16 \
+    "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --model-dtype=bf16 \
       --batch-size=$2 --grad-accumulation=$3 --steps=12 --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state \
       --out-dir=/tmp/llmq_out/bench --log-file=/tmp/bench.json >"$OUT/bench_$1.log" 2>&1
     note "bench $1 bf16 B=$2: $(grep -E '^\[T\]' "$OUT/bench_$1.log" | tail -n 1) $(grep -E 'error' "$OUT/bench_$1.log" | head -n 1)"

@@ -412,6 +412,13 @@ void validate(const TrainOptions& o) {
                o.steps);
   LLMQ_REQUIRE(!o.name.empty(), "--name must not be empty");
   LLMQ_REQUIRE(!o.train_file.empty(), "--train-file must not be empty: pass --train-file=PATH");
+  // `--eval-file= --steps=20` makes CLI11 take "--steps=20" as the file name: refuse such values.
+  for (auto [flag, value] : {std::pair<const char*, const std::string*>{"--model", &o.model}, {"--train-file", &o.train_file},
+                             {"--eval-file", &o.eval_file}, {"--out-dir", &o.out_dir}, {"--checkpoint-dir", &o.checkpoint_dir},
+                             {"--log-file", &o.log_file}})
+    LLMQ_REQUIRE(value->rfind("--", 0) != 0,
+                 "{} got '{}' as its value: a flag needs a value after '=' (to skip evaluation use "
+                 "--eval-every-n-steps=0)", flag, *value);
 }
 
 }  // namespace

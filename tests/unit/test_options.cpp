@@ -453,3 +453,13 @@ TEST(Options, DescribeListsEverySettingAligned) {
 
 }  // namespace
 }  // namespace llmq
+
+TEST(OptionsValidation, PathFlagSwallowingTheNextFlagIsRefused) {
+  const char* argv[] = {"train", "--eval-file=", "--steps=20"};
+  try {
+    llmq::parse_options(3, argv);
+    FAIL() << "expected an error";
+  } catch (const llmq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--eval-file"), std::string::npos) << e.what();
+  }
+}
