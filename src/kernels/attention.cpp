@@ -128,7 +128,9 @@ std::shared_ptr<fe::graph::Graph> define_backward(const AttentionShape& s) {
                      .set_name("causal_attention_backward")
                      .set_attn_scale(s.scale())
                      .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-                     .set_diagonal_band_right_bound(0);
+                     .set_diagonal_band_right_bound(0)
+                     // bit-reproducible dQ (no atomics): resuming from a checkpoint must replay exactly
+                     .set_deterministic_algorithm(true);
   auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
   make_output(dq, kDQ, s.dims(s.Hq), s.qkv_strides());
   make_output(dk, kDK, s.dims(s.Hkv), s.qkv_strides());

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -228,6 +229,30 @@ TEST(AttentionCudnn, MatchesReference) {
     print("cudnn bf16", s, e);
     expect_within(e, kTolBf16, kTolBf16Lse, s);
   }
+}
+
+TEST(AttentionCudnn, BackwardIsBitReproducible) {
+  // Resuming a run from a checkpoint replays the same steps: the backward must not depend on the
+  // order in which thread blocks finish (cuDNN's default dQ accumulation uses atomics).
+  AttentionContext ctx;
+  const Shape s{4, 512, 14, 2, 64};
+  const std::size_t ws_bytes = ctx.workspace_bytes(s.B, s.T, s.Hq, s.Hkv, s.Hs);
+  DeviceBuffer<__nv_bfloat16> qkv(to_bf16(random_floats(s.qkv_size(), 11))), att(s.att_size()),
+      d_att(to_bf16(random_floats(s.att_size(), 12))), d_qkv(s.qkv_size());
+  DeviceBuffer<float> lse(s.lse_size());
+  DeviceBuffer<std::byte> workspace(std::max<std::size_t>(ws_bytes, 1));
+  ctx.forward(att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, workspace.get(), ws_bytes, nullptr);
+  std::vector<std::vector<__nv_bfloat16>> runs;
+  for (int run = 0; run < 3; ++run) {
+    d_qkv.poison();
+    ctx.backward(d_qkv.get(), d_att.get(), att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs,
+                 workspace.get(), ws_bytes, nullptr);
+    sync_and_check();
+    runs.push_back(d_qkv.download());
+  }
+  for (int run = 1; run < 3; ++run)
+    EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[run].data(), runs[0].size() * sizeof(__nv_bfloat16)))
+        << "backward run " << run << " differs from run 0";
 }
 
 TEST(AttentionCudnn, GraphsAreBuiltOncePerShape) {
