@@ -71,6 +71,22 @@ std::optional<fs::path> latest_checkpoint(const fs::path& checkpoint_dir) {
   return found.back().second;
 }
 
+fs::path resolve_checkpoint(const std::string& spec, const fs::path& checkpoint_dir) {
+  const bool is_step = !spec.empty() && std::all_of(spec.begin(), spec.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (is_step) {
+    const fs::path dir = checkpoint_path(checkpoint_dir, std::stoi(spec));
+    LLMQ_REQUIRE(fs::exists(dir / kTrainerState), "--continue {}: no complete checkpoint {} (see --checkpoint-dir)",
+                 spec, dir.string());
+    return dir;
+  }
+  const fs::path folder = spec.empty() ? checkpoint_dir : fs::path(spec);
+  if (fs::exists(folder / kTrainerState)) return folder;
+  auto latest = latest_checkpoint(folder);
+  LLMQ_REQUIRE(latest.has_value(), "--continue: no complete checkpoint in {} (pass a checkpoint directory or step "
+               "number, or check --checkpoint-dir / --name)", folder.string());
+  return *latest;
+}
+
 nlohmann::json read_trainer_state(const fs::path& checkpoint) {
   const fs::path file = checkpoint / kTrainerState;
   std::ifstream in(file);

@@ -21,6 +21,10 @@ void write_checkpoint(const std::filesystem::path& checkpoint_dir, int step, con
 // The complete checkpoint with the highest step in `checkpoint_dir`, if any.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& checkpoint_dir);
 
+// What --continue names: "" (the newest complete checkpoint in checkpoint_dir), a step number, a
+// checkpoint directory (step-N/) or a folder of checkpoints (its newest). Throws when none exists.
+std::filesystem::path resolve_checkpoint(const std::string& spec, const std::filesystem::path& checkpoint_dir);
+
 // trainer.json of a checkpoint directory; throws naming the directory when it is missing or broken.
 nlohmann::json read_trainer_state(const std::filesystem::path& checkpoint);
 

@@ -100,15 +100,7 @@ int Trainer::total_steps() const {
 }
 
 void Trainer::resume() {
-  std::filesystem::path dir;
-  if (opts_.continue_from->empty()) {
-    auto latest = latest_checkpoint(opts_.checkpoint_dir);
-    LLMQ_REQUIRE(latest.has_value(), "--continue: no complete checkpoint in {} (pass the checkpoint directory "
-                 "explicitly, or check --checkpoint-dir / --name)", opts_.checkpoint_dir);
-    dir = *latest;
-  } else {
-    dir = *opts_.continue_from;
-  }
+  const std::filesystem::path dir = resolve_checkpoint(*opts_.continue_from, opts_.checkpoint_dir);
   nlohmann::json state = read_trainer_state(dir);
   model_->load_checkpoint(dir);
   start_step_ = state.at("step").get<int>();
