@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
-#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench quickstart
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench errors quickstart
 #                                                    (default: all but quickstart)
 # BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
 # LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
@@ -100,6 +100,28 @@ stage_bench() {
   done
 }
 
+stage_errors() {  # bad requests must end in one clear message and a non-zero exit, never a crash
+  local d; d=$(shakespeare_tokens)
+  local base="--model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --steps=3 \
+    --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state --out-dir=/tmp/llmq_out/errors --log-file=/tmp/errors.json"
+  local name args rc
+  while IFS='|' read -r name args; do
+    "$BIN/train" $base $args >"$OUT/errors_$name.log" 2>&1; rc=$?
+    note "errors/$name: rc=$rc $(grep -m1 -E '^error' "$OUT/errors_$name.log" | cut -c1-220)"
+  done <<'CASES'
+oom_batch|--batch-size=512
+memory_limit|--batch-size=8 --memory-limit=4GiB
+seq_too_long|--seq-len=40000 --batch-size=1
+text_as_tokens|--train-file=scripts/data/tinyshakespeare.txt
+CASES
+  "$BIN/train" $base --model-dtype=fp32 --batch-size=2 --seq-len=256 --steps=5 >"$OUT/errors_fp32.log" 2>&1
+  note "fp32 run: rc=$? $(grep -E '^\[T\]' "$OUT/errors_fp32.log" | tail -n 1)"
+  for c in 1 4; do
+    "$BIN/train" $base --batch-size=4 --steps=5 --lmhead-chunks=$c >"$OUT/errors_chunks$c.log" 2>&1
+    note "lmhead-chunks=$c: $(grep -E '^\[T\]' "$OUT/errors_chunks$c.log" | tail -n 1 | cut -c1-80)"
+  done
+}
+
 stage_quickstart() {
   bash scripts/quickstart.sh >"$OUT/quickstart.log" 2>&1
   local rc=$?
@@ -114,6 +136,6 @@ for s in $STAGES; do
   note "stage $s took $(( $(date +%s) - start )) s"
 done
 # The GPU machine returns few files: pack the logs, keep the summary and the plot loose.
-(cd "$OUT" && tar czf logs.tar.gz --exclude=logs.tar.gz --exclude=summary.txt --exclude='*.png' . 2>/dev/null &&
-  find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name summary.txt ! -name '*.png' -delete)
+(cd "$OUT" && tar czf /tmp/llmq_logs.tar.gz --exclude=summary.txt --exclude='*.png' . 2>/dev/null;
+  find . -maxdepth 1 -type f ! -name summary.txt ! -name '*.png' -delete; mv /tmp/llmq_logs.tar.gz logs.tar.gz)
 echo "=== summary"; cat "$SUMMARY"
