@@ -109,11 +109,14 @@ stage_errors() {  # bad requests must end in one clear message and a non-zero ex
     "$BIN/train" $base $args >"$OUT/errors_$name.log" 2>&1; rc=$?
     note "errors/$name: rc=$rc $(grep -m1 -E '^error' "$OUT/errors_$name.log" | cut -c1-220)"
   done <<'CASES'
-oom_batch|--batch-size=512
 memory_limit|--batch-size=8 --memory-limit=4GiB
 seq_too_long|--seq-len=40000 --batch-size=1
 text_as_tokens|--train-file=scripts/data/tinyshakespeare.txt
 CASES
+  # 14B: weights, gradients and Adam state need ~176 GB, more than the GPU has: the real out-of-memory path
+  "$BIN/train" --model=Qwen/Qwen2.5-14B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --steps=1 \
+    --batch-size=1 --out-dir=/tmp/llmq_out/oom --log-file=/tmp/oom.json >"$OUT/errors_oom.log" 2>&1
+  note "errors/oom_device: rc=$? $(grep -m1 -E '^error' "$OUT/errors_oom.log" | cut -c1-220)"
   "$BIN/train" $base --model-dtype=fp32 --batch-size=2 --seq-len=256 --steps=5 >"$OUT/errors_fp32.log" 2>&1
   note "fp32 run: rc=$? $(grep -E '^\[T\]' "$OUT/errors_fp32.log" | tail -n 1)"
   for c in 1 4; do
