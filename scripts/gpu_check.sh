@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
-#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench errors quickstart
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench errors profile quickstart
 #                                                    (default: all but quickstart)
 # BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
 # LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
@@ -123,6 +123,29 @@ CASES
     "$BIN/train" $base --batch-size=4 --steps=5 --lmhead-chunks=$c >"$OUT/errors_chunks$c.log" 2>&1
     note "lmhead-chunks=$c: $(grep -E '^\[T\]' "$OUT/errors_chunks$c.log" | tail -n 1 | cut -c1-80)"
   done
+}
+
+stage_profile() {  # per-kernel GPU time of 0.5B bf16 training steps (Nsight Compute, real clocks)
+  local d; d=$(shakespeare_tokens)
+  ncu --metrics gpu__time_duration.sum --csv --clock-control none --log-file "$OUT/profile.csv" \
+    "$BIN/train" --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin \
+    --model-dtype=bf16 --batch-size=16 --grad-accumulation=1 --steps=2 --eval-every-n-steps=0 --ckpt-interval=0 \
+    --no-save-training-state --out-dir=/tmp/llmq_out/profile --log-file=/tmp/profile.json >"$OUT/profile.log" 2>&1
+  python3 - "$OUT/profile.csv" <<'PY' | tee -a "$SUMMARY"
+import csv, collections, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+head = rows[0]; name_i, val_i = head.index("Kernel Name"), head.index("Metric Value")
+total = collections.defaultdict(float); count = collections.Counter()
+for r in rows[1:]:
+    try: t = float(r[val_i].replace(",", ""))
+    except ValueError: continue
+    name = r[name_i].split("(")[0].split("<")[0][:60]
+    total[name] += t; count[name] += 1
+all_ns = sum(total.values())
+print(f"profile: {all_ns / 1e6:.1f} ms of kernel time over the run (2 steps of B=16 T=1024 + init)")
+for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:18]:
+    print(f"  {t / all_ns * 100:5.1f}%  {t / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
+PY
 }
 
 stage_quickstart() {
