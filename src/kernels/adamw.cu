@@ -43,41 +43,6 @@ struct AdamWScalars {
   std::uint32_t param_key, m_key, v_key;
 };
 
-template <typename T>
-__device__ __forceinline__ void load_group(const T* p, std::size_t i0, std::size_t n, bool vectorized, float (&x)[kGroup]) {
-  constexpr int kVec = Vec<T>::kSize;
-  if (vectorized && i0 + kGroup <= n) {
-#pragma unroll
-    for (int part = 0; part < kGroup / kVec; ++part) {
-      const Vec<T> v = load_vec(p + i0 + part * kVec);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) x[part * kVec + k] = to_float(v[k]);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) x[k] = i0 + k < n ? to_float(p[i0 + k]) : 0.f;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store_group(T* p, std::size_t i0, std::size_t n, bool vectorized, const T (&x)[kGroup]) {
-  constexpr int kVec = Vec<T>::kSize;
-  if (vectorized && i0 + kGroup <= n) {
-#pragma unroll
-    for (int part = 0; part < kGroup / kVec; ++part) {
-      Vec<T> v;
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) v[k] = x[part * kVec + k];
-      store_vec(p + i0 + part * kVec, v);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) {
-      if (i0 + k < n) p[i0 + k] = x[k];
-    }
-  }
-}
-
 // fp32 stays exact; bf16 is stochastically rounded with bits drawn for (element, key).
 template <typename T>
 __device__ __forceinline__ T round_to(float x, std::uint32_t element, std::uint32_t key) {
@@ -99,10 +64,10 @@ __global__ void __launch_bounds__(kThreads)
        group += stride) {
     const std::size_t i0 = group * kGroup;
     float p[kGroup], g[kGroup], m1[kGroup], m2[kGroup];
-    load_group(params, i0, n, vectorized, p);
-    load_group(grads, i0, n, vectorized, g);
-    load_group(m, i0, n, vectorized, m1);
-    load_group(v, i0, n, vectorized, m2);
+    load_group<kGroup>(params, i0, n, vectorized, p);
+    load_group<kGroup>(grads, i0, n, vectorized, g);
+    load_group<kGroup>(m, i0, n, vectorized, m1);
+    load_group<kGroup>(v, i0, n, vectorized, m2);
 
     TP p_out[kGroup];
     TM m_out[kGroup];
@@ -121,10 +86,10 @@ __global__ void __launch_bounds__(kThreads)
       v_out[k] = round_to<TV>(v_new, element, s.v_key);
       copy_out[k] = __float2bfloat16_rn(to_float(p_out[k]));
     }
-    store_group(params, i0, n, vectorized, p_out);
-    store_group(m, i0, n, vectorized, m_out);
-    store_group(v, i0, n, vectorized, v_out);
-    if (params_bf16_copy) store_group(params_bf16_copy, i0, n, vectorized, copy_out);
+    store_group<kGroup>(params, i0, n, vectorized, p_out);
+    store_group<kGroup>(m, i0, n, vectorized, m_out);
+    store_group<kGroup>(v, i0, n, vectorized, v_out);
+    if (params_bf16_copy) store_group<kGroup>(params_bf16_copy, i0, n, vectorized, copy_out);
   }
 }
 

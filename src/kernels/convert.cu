@@ -32,41 +32,6 @@ constexpr int kMaxBlocks = 4096;  // grid-stride beyond this
 
 enum class Rounding { Nearest, Stochastic };
 
-template <typename T>
-__device__ __forceinline__ void load_group(const T* p, std::size_t i0, std::size_t n, bool vectorized, float (&x)[kGroup]) {
-  constexpr int kVec = Vec<T>::kSize;
-  if (vectorized && i0 + kGroup <= n) {
-#pragma unroll
-    for (int part = 0; part < kGroup / kVec; ++part) {
-      const Vec<T> v = load_vec_stream(p + i0 + part * kVec);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) x[part * kVec + k] = to_float(v[k]);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) x[k] = i0 + k < n ? to_float(p[i0 + k]) : 0.f;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void store_group(T* p, std::size_t i0, std::size_t n, bool vectorized, const T (&x)[kGroup]) {
-  constexpr int kVec = Vec<T>::kSize;
-  if (vectorized && i0 + kGroup <= n) {
-#pragma unroll
-    for (int part = 0; part < kGroup / kVec; ++part) {
-      Vec<T> v;
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) v[k] = x[part * kVec + k];
-      store_vec(p + i0 + part * kVec, v);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) {
-      if (i0 + k < n) p[i0 + k] = x[k];
-    }
-  }
-}
-
 template <typename TIn, typename TOut, Rounding kRounding>
 __global__ void __launch_bounds__(kThreads)
     convert_kernel(TOut* out, const TIn* in, std::size_t n, std::uint32_t seed, bool vectorized) {
@@ -75,7 +40,7 @@ __global__ void __launch_bounds__(kThreads)
   for (std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     const std::size_t i0 = g * kGroup;
     float x[kGroup];
-    load_group(in, i0, n, vectorized, x);
+    load_group<kGroup, true>(in, i0, n, vectorized, x);
     TOut y[kGroup];
 #pragma unroll
     for (int k = 0; k < kGroup; ++k) {
@@ -86,7 +51,7 @@ __global__ void __launch_bounds__(kThreads)
         y[k] = from_float<TOut>(x[k]);
       }
     }
-    store_group(out, i0, n, vectorized, y);
+    store_group<kGroup>(out, i0, n, vectorized, y);
   }
 }
 
@@ -101,7 +66,7 @@ __global__ void __launch_bounds__(kThreads)
   unsigned m = 0;
   for (std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     float x[kGroup];
-    load_group(in, g * kGroup, n, vectorized, x);  // padding elements read as 0: harmless for a max of |x|
+    load_group<kGroup, true>(in, g * kGroup, n, vectorized, x);  // padding elements read as 0: harmless for a max of |x|
 #pragma unroll
     for (int k = 0; k < kGroup; ++k) m = max(m, abs_bits(x[k]));
   }

@@ -56,6 +56,44 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
   *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
 }
 
+// Loads kGroup consecutive elements starting at i0 as floats (zeros past n), with 16-byte vector
+// loads when `vectorized` (base pointer 16-byte aligned) and the group is whole; store_group writes back.
+// kGroup must be a multiple of Vec<T>::kSize; kStreaming uses the read-once cache hint.
+template <int kGroup, bool kStreaming = false, typename T>
+__device__ __forceinline__ void load_group(const T* p, std::size_t i0, std::size_t n, bool vectorized, float (&x)[kGroup]) {
+  constexpr int kVec = Vec<T>::kSize;
+  if (vectorized && i0 + kGroup <= n) {
+#pragma unroll
+    for (int part = 0; part < kGroup / kVec; ++part) {
+      const Vec<T> v = kStreaming ? load_vec_stream(p + i0 + part * kVec) : load_vec(p + i0 + part * kVec);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) x[part * kVec + k] = to_float(v[k]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) x[k] = i0 + k < n ? to_float(p[i0 + k]) : 0.f;
+  }
+}
+
+template <int kGroup, typename T>
+__device__ __forceinline__ void store_group(T* p, std::size_t i0, std::size_t n, bool vectorized, const T (&x)[kGroup]) {
+  constexpr int kVec = Vec<T>::kSize;
+  if (vectorized && i0 + kGroup <= n) {
+#pragma unroll
+    for (int part = 0; part < kGroup / kVec; ++part) {
+      Vec<T> v;
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) v[k] = x[part * kVec + k];
+      store_vec(p + i0 + part * kVec, v);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) {
+      if (i0 + k < n) p[i0 + k] = x[k];
+    }
+  }
+}
+
 // ---- reductions ---------------------------------------------------------------------------------
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll

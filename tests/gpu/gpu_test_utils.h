@@ -7,8 +7,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/errors.h"
@@ -102,6 +105,68 @@ double cosine(const std::vector<A>& a, const std::vector<B>& b) {
 inline void sync_and_check() {
   LLMQ_CUDA_CHECK(cudaGetLastError());
   LLMQ_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+// ---- element-type helpers for tests typed on float / nv_bfloat16 ----
+template <typename T>
+std::vector<T> as_device_type(const std::vector<float>& v) {
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    return to_bf16(v);
+  } else {
+    return v;
+  }
+}
+template <typename T>
+std::vector<float> as_float(const std::vector<T>& v) {
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    return to_float(v);
+  } else {
+    return v;
+  }
+}
+// The values a tensor of type T holds after uploading v.
+template <typename T>
+std::vector<float> representable(const std::vector<float>& v) {
+  return as_float(as_device_type<T>(v));
+}
+template <typename T>
+double tolerance() {
+  return std::is_same_v<T, float> ? 1e-5 : 1e-2;
+}
+
+// Mean time of one launch() over 20 runs after a warm-up, in milliseconds (CUDA events).
+template <typename F>
+inline double mean_ms(F&& launch) {
+  constexpr int kRuns = 20;
+  launch();
+  sync_and_check();
+  cudaEvent_t start, stop;
+  LLMQ_CUDA_CHECK(cudaEventCreate(&start));
+  LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
+  LLMQ_CUDA_CHECK(cudaEventRecord(start));
+  for (int i = 0; i < kRuns; ++i) launch();
+  LLMQ_CUDA_CHECK(cudaEventRecord(stop));
+  LLMQ_CUDA_CHECK(cudaEventSynchronize(stop));
+  float ms = 0.f;
+  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+  LLMQ_CUDA_CHECK(cudaEventDestroy(start));
+  LLMQ_CUDA_CHECK(cudaEventDestroy(stop));
+  sync_and_check();
+  return ms / kRuns;
+}
+
+// Prints the effective bandwidth (bytes that must move / time) for comparison with the GPU's peak.
+inline void report_bandwidth(const std::string& what, double bytes, double ms) {
+  const double gb_per_s = bytes / (ms * 1e-3) / 1e9;
+  std::printf("[ bandwidth ] %s: %.1f us, %.0f GB/s\n", what.c_str(), ms * 1e3, gb_per_s);
+  ::testing::Test::RecordProperty(what, static_cast<int>(gb_per_s));
+}
+
+template <typename A>
+bool all_finite(const std::vector<A>& v) {
+  for (const auto& x : v)
+    if (!std::isfinite(static_cast<double>(x))) return false;
+  return true;
 }
 
 }  // namespace llmq::test

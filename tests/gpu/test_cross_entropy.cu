@@ -52,23 +52,6 @@ std::vector<std::int32_t> random_targets(int R, int V, std::uint64_t seed) {
   return targets;
 }
 
-template <typename T>
-std::vector<T> as_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_bf16(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
-std::vector<float> as_float(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_float(v);
-  } else {
-    return v;
-  }
-}
-
 int count_valid(const std::vector<std::int32_t>& targets) {
   int n = 0;
   for (auto t : targets) n += t != kIgnoreTarget;

@@ -18,66 +18,6 @@
 namespace llmq::test {
 namespace {
 
-template <typename T>
-std::vector<T> as_device_type(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_bf16(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
-std::vector<float> as_float(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_float(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
-std::vector<float> representable(const std::vector<float>& v) {
-  return as_float(as_device_type<T>(v));
-}
-template <typename T>
-double tolerance() {
-  return std::is_same_v<T, float> ? 1e-5 : 1e-2;
-}
-
-// Mean time of one launch() over 20 runs after a warm-up, in milliseconds (CUDA events).
-template <typename F>
-double mean_ms(F&& launch) {
-  constexpr int kRuns = 20;
-  launch();
-  sync_and_check();
-  cudaEvent_t start, stop;
-  LLMQ_CUDA_CHECK(cudaEventCreate(&start));
-  LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
-  LLMQ_CUDA_CHECK(cudaEventRecord(start));
-  for (int i = 0; i < kRuns; ++i) launch();
-  LLMQ_CUDA_CHECK(cudaEventRecord(stop));
-  LLMQ_CUDA_CHECK(cudaEventSynchronize(stop));
-  float ms = 0.f;
-  LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-  LLMQ_CUDA_CHECK(cudaEventDestroy(start));
-  LLMQ_CUDA_CHECK(cudaEventDestroy(stop));
-  sync_and_check();
-  return ms / kRuns;
-}
-
-// Prints the effective bandwidth (bytes that must move / time) for comparison with the GPU's peak.
-void report_bandwidth(const std::string& what, double bytes, double ms) {
-  const double gb_per_s = bytes / (ms * 1e-3) / 1e9;
-  std::printf("[ bandwidth ] %s: %.1f us, %.0f GB/s\n", what.c_str(), ms * 1e3, gb_per_s);
-  ::testing::Test::RecordProperty(what, static_cast<int>(gb_per_s));
-}
-
-template <typename A>
-bool all_finite(const std::vector<A>& v) {
-  for (const auto& x : v)
-    if (!std::isfinite(static_cast<double>(x))) return false;
-  return true;
-}
-
 constexpr float kEps = 1e-6f;
 
 // rstd[n] = 1 / sqrt(mean_c x^2 + eps), in double, stored as the fp32 the kernels save.
