@@ -113,6 +113,10 @@ memory_limit|--batch-size=8 --memory-limit=4GiB
 seq_too_long|--seq-len=40000 --batch-size=1
 text_as_tokens|--train-file=scripts/data/tinyshakespeare.txt
 CASES
+  "$BIN/train" --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=/nonexistent.bin \
+    --eval-every-n-steps=0 --steps=2 --batch-size=4 --ckpt-interval=0 --no-save-training-state --log-gpu-util=1 \
+    --out-dir=/tmp/llmq_out/noeval --log-file=/tmp/noeval.json >"$OUT/errors_noeval.log" 2>&1
+  note "no eval file, no periodic eval: rc=$? (expect 0); gpu records: $(grep -c '"kind":"gpu"' /tmp/noeval.json)"
   # 14B: weights, gradients and Adam state need ~176 GB, more than the GPU has: the real out-of-memory path
   "$BIN/train" --model=Qwen/Qwen2.5-14B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --steps=1 \
     --batch-size=1 --out-dir=/tmp/llmq_out/oom --log-file=/tmp/oom.json >"$OUT/errors_oom.log" 2>&1

@@ -23,6 +23,14 @@ namespace llmq {
 namespace {
 using Clock = std::chrono::steady_clock;
 
+std::vector<std::string> resolve_token_files_or_empty(const std::string& pattern) {
+  try {
+    return resolve_token_files({pattern});
+  } catch (const Error&) {
+    return {};
+  }
+}
+
 double ms_since(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
@@ -42,6 +50,7 @@ class Trainer {
   void resume();
   void train_step(int step);
   float evaluate(int step, int max_batches);
+  void log_gpu_utilization(int step);
   void save_checkpoint(int step);
   int total_steps() const;
 
@@ -61,6 +70,8 @@ class Trainer {
 
 std::optional<DataLoader> open_eval_loader(const TrainOptions& opts) {
   if (opts.eval_file.empty()) return std::nullopt;
+  // Without periodic evaluation a missing eval file only means: no final evaluation either.
+  if (opts.eval_every_n_steps == 0 && resolve_token_files_or_empty(opts.eval_file).empty()) return std::nullopt;
   return DataLoader(opts.eval_file, opts.batch_size, opts.seq_len, 0, 1, opts.eval_seed, /*shuffle=*/false);
 }
 
@@ -79,6 +90,7 @@ Trainer::Trainer(const TrainOptions& opts, const ModelFactory& make_model)
   if (eval_) eval_->check_vocab(model_->vocab_size());
   print_dataset();
   console_.print("{}", model_->allocator().state_report());
+  logger_.log_options(options_to_json(opts));
   peak_flops_ = peak_flops(gpu_.name, opts.matmul_dtype);
 }
 
@@ -142,8 +154,16 @@ void Trainer::train_step(int step) {
   rec.tps = tps;
   rec.sol = sol;
   logger_.log_train(rec);
+  if (opts_.log_gpu_util > 0 && step % opts_.log_gpu_util == 0) log_gpu_utilization(step);
   LLMQ_REQUIRE(std::isfinite(result.loss), "step {}: the loss is {} (diverged): lower --learning-rate or raise "
                "--warmup; resume from the last checkpoint with --continue", step, result.loss);
+}
+
+void Trainer::log_gpu_utilization(int step) {
+  const auto u = read_gpu_utilization(0);
+  if (!u) return;  // no NVML (e.g. no driver library): nothing to log
+  logger_.log_gpu({{"step", step}, {"gpu_util", u->gpu_util_percent}, {"mem_util", u->mem_util_percent},
+                   {"temperature", u->temperature_c}, {"power_w", u->power_w}, {"sm_clock_mhz", u->sm_clock_mhz}});
 }
 
 float Trainer::evaluate(int step, int max_batches) {
