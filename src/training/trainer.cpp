@@ -23,12 +23,15 @@ namespace llmq {
 namespace {
 using Clock = std::chrono::steady_clock;
 
-std::vector<std::string> resolve_token_files_or_empty(const std::string& pattern) {
+// The existing files a path or glob pattern names (none when it names nothing).
+std::vector<std::string> existing_token_files(const std::string& pattern) {
+  std::vector<std::string> found;
   try {
-    return resolve_token_files({pattern});
-  } catch (const Error&) {
-    return {};
+    for (const std::string& f : resolve_token_files({pattern}))
+      if (std::filesystem::exists(f)) found.push_back(f);
+  } catch (const Error&) {  // a pattern that matches nothing
   }
+  return found;
 }
 
 double ms_since(Clock::time_point start) {
@@ -71,7 +74,7 @@ class Trainer {
 std::optional<DataLoader> open_eval_loader(const TrainOptions& opts) {
   if (opts.eval_file.empty()) return std::nullopt;
   // Without periodic evaluation a missing eval file only means: no final evaluation either.
-  if (opts.eval_every_n_steps == 0 && resolve_token_files_or_empty(opts.eval_file).empty()) return std::nullopt;
+  if (opts.eval_every_n_steps == 0 && existing_token_files(opts.eval_file).empty()) return std::nullopt;
   return DataLoader(opts.eval_file, opts.batch_size, opts.seq_len, 0, 1, opts.eval_seed, /*shuffle=*/false);
 }
 
