@@ -14,26 +14,10 @@ namespace {
 
 using kernels::AdamWConfig;
 
-template <typename T>
-std::vector<T> as_device(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_bf16(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
-std::vector<float> as_float(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_float(v);
-  } else {
-    return v;
-  }
-}
 // Values exactly as a T buffer stores them.
 template <typename T>
 std::vector<float> stored(const std::vector<float>& v) {
-  return as_float<T>(as_device<T>(v));
+  return as_float<T>(as_device_type<T>(v));
 }
 
 struct AdamState {
@@ -80,16 +64,16 @@ StepOutputs run_steps(std::size_t n, int steps, float grad_scale, AdamState& ref
   const std::vector<float> v0 = stored<TV>(random_floats(n + offset, 3, 1e-5f, 1e-4f));
   ref = {std::vector<double>(p0.begin() + offset, p0.end()), std::vector<double>(m0.begin() + offset, m0.end()),
          std::vector<double>(v0.begin() + offset, v0.end())};
-  DeviceBuffer<TP> p(as_device<TP>(p0));
-  DeviceBuffer<TM> m(as_device<TM>(m0));
-  DeviceBuffer<TV> v(as_device<TV>(v0));
+  DeviceBuffer<TP> p(as_device_type<TP>(p0));
+  DeviceBuffer<TM> m(as_device_type<TM>(m0));
+  DeviceBuffer<TV> v(as_device_type<TV>(v0));
   DeviceBuffer<TG> g(n + offset);
   DeviceBuffer<float> scale(std::vector<float>{grad_scale});
   AdamWConfig c = test_config();
   for (int t = 1; t <= steps; ++t) {
     c.step = t;
     const std::vector<float> grads = stored<TG>(random_normal(n + offset, 100 + t, 0.02f));
-    g.upload(as_device<TG>(grads));
+    g.upload(as_device_type<TG>(grads));
     kernels::adamw_update(p.get() + offset, static_cast<const TG*>(g.get() + offset), m.get() + offset,
                           v.get() + offset, n, c, pass_scale_pointer ? scale.get() : nullptr, nullptr, nullptr);
     adamw_reference_step(ref, std::vector<float>(grads.begin() + offset, grads.end()),

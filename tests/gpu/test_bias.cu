@@ -12,24 +12,8 @@ namespace llmq::test {
 namespace {
 
 template <typename T>
-std::vector<T> as_device(const std::vector<float>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_bf16(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
-std::vector<float> as_float(const std::vector<T>& v) {
-  if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    return to_float(v);
-  } else {
-    return v;
-  }
-}
-template <typename T>
 std::vector<float> stored(const std::vector<float>& v) {
-  return as_float<T>(as_device<T>(v));
+  return as_float<T>(as_device_type<T>(v));
 }
 template <typename T>
 constexpr double tolerance() {  // relative L2: fp32 1e-5, bf16 1e-2
@@ -47,7 +31,7 @@ void check_forward(int N, int C, int offset) {
       expected[i] = static_cast<double>(out0[offset + i]) + bias[offset + c];
     }
   }
-  DeviceBuffer<T> d_out(as_device<T>(out0)), d_bias(as_device<T>(bias));
+  DeviceBuffer<T> d_out(as_device_type<T>(out0)), d_bias(as_device_type<T>(bias));
   kernels::bias_forward(d_out.get() + offset, static_cast<const T*>(d_bias.get() + offset), N, C, nullptr);
   sync_and_check();
   const std::vector<float> all = as_float(d_out.download());
@@ -69,8 +53,8 @@ TEST(BiasForward, Bf16) {
 
 template <typename TB, typename T>
 std::vector<TB> run_backward(const std::vector<float>& dout, const std::vector<float>& dbias0, int N, int C, int offset) {
-  DeviceBuffer<T> d_dout(as_device<T>(dout));
-  DeviceBuffer<TB> d_dbias(as_device<TB>(dbias0));
+  DeviceBuffer<T> d_dout(as_device_type<T>(dout));
+  DeviceBuffer<TB> d_dbias(as_device_type<TB>(dbias0));
   DeviceBuffer<std::uint8_t> scratch(kernels::bias_backward_scratch_bytes(N, C));
   scratch.poison();
   kernels::bias_backward(d_dbias.get(), static_cast<const T*>(d_dout.get() + offset), N, C, scratch.get(), nullptr);
