@@ -102,6 +102,17 @@ double cosine(const std::vector<A>& a, const std::vector<B>& b) {
   return ab / std::sqrt(aa * bb + 1e-300);
 }
 
+// Runs `fn`, expects llmq::Error whose message contains `needle`.
+template <typename Fn>
+void expect_error(Fn&& fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected llmq::Error containing \"" << needle << "\"";
+  } catch (const ::llmq::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
 inline void sync_and_check() {
   LLMQ_CUDA_CHECK(cudaGetLastError());
   LLMQ_CUDA_CHECK(cudaDeviceSynchronize());

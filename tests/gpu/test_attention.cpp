@@ -315,15 +315,6 @@ TEST(AttentionTensorApi, DispatchesOnDtype) {
 
 // ---- bad inputs --------------------------------------------------------------------------------
 
-template <typename Fn>
-void expect_error(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected llmq::Error containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 TEST(AttentionErrors, RejectsBadHeadCounts) {
   AttentionContext ctx;

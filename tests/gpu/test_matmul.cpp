@@ -230,16 +230,6 @@ TEST_F(MatmulTest, TensorWrapperWithBias) {
 
 // ---- bad inputs --------------------------------------------------------------------------------
 
-// Runs `fn`, expects llmq::Error whose message contains `needle`.
-template <typename Fn>
-void expect_error(Fn&& fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected llmq::Error containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-  }
-}
 
 TEST_F(MatmulTest, RejectsUnsupportedDtypes) {
   DeviceBuffer<float> buf(64 * 64);

@@ -10,6 +10,7 @@
 #include <set>
 #include <vector>
 
+#include "test_util.h"
 #include "core/errors.h"
 #include "training/data_loader.h"
 #include "training/token_file.h"
@@ -19,21 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh temporary directory per test, removed afterwards.
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "llmq_data_XXXXXX").string();
-    char* made = mkdtemp(templ.data());
-    if (made == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = made;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
+using llmq::test::TempDir;
 
 // Tokens that name their own place: file f, position p holds f * kFileStride + p.
 constexpr std::int32_t kFileStride = 1'000'000;

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "test_util.h"
 #include "training/data_loader.h"
 #include "training/token_file.h"
 
@@ -19,22 +20,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using llmq::test::TempDir;
+
 constexpr std::int32_t kByteEot = 256;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "llmq_tokenize_XXXXXX").string();
-    char* made = mkdtemp(templ.data());
-    if (made == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = made;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 std::string python() {
   const char* chosen = std::getenv("LLMQ_PYTHON");
