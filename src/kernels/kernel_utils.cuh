@@ -128,6 +128,17 @@ __device__ __forceinline__ float block_max(float x, float* scratch) {
   return warp_max(x);
 }
 
+// Folds |x| of the calling thread into the per-tensor abs-max at `absmax` (one float in global
+// memory, zeroed by the caller before the producing kernels run): warp max, then one atomic per
+// warp. Non-negative floats order like their bit patterns, so an unsigned atomicMax is exact; a NaN
+// compares above +inf and so propagates (the FP8 scale then shows the problem instead of hiding it).
+// All 32 lanes of the warp must call it (pass 0 for lanes without data).
+__device__ __forceinline__ void atomic_max_abs(float* absmax, float x) {
+  // Reduce the bit patterns (not fmaxf, which drops NaN). __reduce_max_sync needs sm_80+.
+  const unsigned int bits = __reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(x)));
+  if (threadIdx.x % kWarpSize == 0) atomicMax(reinterpret_cast<unsigned int*>(absmax), bits);
+}
+
 // ---- random numbers and stochastic rounding ------------------------------------------------------
 // Counter-based hash (no state): the same (index, seed) always gives the same 32 random bits,
 // so results do not depend on the launch configuration.
