@@ -139,15 +139,18 @@ stage_profile() {  # per-kernel GPU time of 0.5B bf16 training steps (Nsight Com
 import csv, collections, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]; name_i, val_i = head.index("Kernel Name"), head.index("Metric Value")
+grid_i = head.index("Grid Size") if "Grid Size" in head else None
 total = collections.defaultdict(float); count = collections.Counter()
 for r in rows[1:]:
     try: t = float(r[val_i].replace(",", ""))
     except ValueError: continue
     name = r[name_i].split("(")[0].split("<")[0][:60]
+    if grid_i is not None and ("gemm" in name or "xmma" in name or "cutlass" in name):
+        name = f"{name[:48]} grid{r[grid_i]}"  # tells the GEMM shapes apart
     total[name] += t; count[name] += 1
 all_ns = sum(total.values())
 print(f"profile: {all_ns / 1e6:.1f} ms of kernel time over the run (2 steps of B=16 T=1024 + init)")
-for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:18]:
+for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:30]:
     print(f"  {t / all_ns * 100:5.1f}%  {t / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
 PY
 }
