@@ -89,14 +89,32 @@ open(sys.argv[1], "a").write(line + ("  PASS\n" if b and len(same) == len(b) els
 PY
 }
 
-stage_bench() {
+stage_bench() {  # BENCH_CONFIGS="model batch accum matmul-dtype gradient-dtype [extra flags];..." overrides the list
   local d; d=$(shakespeare_tokens)
-  for cfg in "Qwen2.5-0.5B 32 1" "Qwen2.5-1.5B 16 1"; do
+  local configs=${BENCH_CONFIGS:-"Qwen2.5-0.5B 32 1 bf16 bf16;Qwen2.5-0.5B 32 1 e4m3 bf16;Qwen2.5-0.5B 32 1 e4m3 e5m2;Qwen2.5-1.5B 16 1 bf16 bf16;Qwen2.5-1.5B 16 1 e4m3 e5m2"}
+  local cfg log
+  IFS=';' read -ra list <<<"$configs"
+  for cfg in "${list[@]}"; do
     set -- $cfg
+    log="$OUT/bench_$1_$4_$5.log"
     "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --model-dtype=bf16 \
-      --batch-size=$2 --grad-accumulation=$3 --steps=12 --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state \
-      --out-dir=/tmp/llmq_out/bench --log-file=/tmp/bench.json >"$OUT/bench_$1.log" 2>&1
-    note "bench $1 bf16 B=$2: $(grep -E '^\[T\]' "$OUT/bench_$1.log" | tail -n 1) $(grep -E 'error' "$OUT/bench_$1.log" | head -n 1)"
+      --batch-size=$2 --grad-accumulation=$3 --matmul-dtype=$4 --gradient-dtype=$5 "${@:6}" --steps=12 \
+      --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state \
+      --out-dir=/tmp/llmq_out/bench --log-file=/tmp/bench.json >"$log" 2>&1
+    note "bench $1 $4/$5 B=$2x$3 ${*:6}: $(grep -E '^\[T\]' "$log" | tail -n 1) $(grep -E 'error' "$log" | head -n 1)"
+  done
+}
+
+stage_fp8quality() {  # 300 steps of 0.5B from scratch on tiny Shakespeare: bf16 vs e4m3 vs e4m3+e5m2, same seed
+  local d; d=$(shakespeare_tokens)
+  local m g
+  for mg in "bf16 bf16" "e4m3 bf16" "e4m3 e5m2"; do
+    set -- $mg
+    "$BIN/train" --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin \
+      --model-dtype=bf16 --matmul-dtype=$1 --gradient-dtype=$2 --batch-size=8 --seq-len=512 --steps=300 \
+      --learning-rate=6e-4 --warmup=20 --eval-every-n-steps=50 --ckpt-interval=0 --no-save-training-state \
+      --out-dir=/tmp/llmq_out/fp8q --log-file="$OUT/fp8quality_$1_$2.json" >"$OUT/fp8quality_$1_$2.log" 2>&1
+    note "fp8quality $1/$2: $(grep -E '^\[V\]' "$OUT/fp8quality_$1_$2.log" | tail -n 1) $(grep -E '^\[T\]' "$OUT/fp8quality_$1_$2.log" | tail -n 1 | cut -c1-90) $(grep -m1 error "$OUT/fp8quality_$1_$2.log")"
   done
 }
 

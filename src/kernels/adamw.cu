@@ -8,8 +8,9 @@
 //   p = p - lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 // All arithmetic in fp32. Each of params, m, v may be stored in fp32 or bf16, grads in fp32 or bf16.
 // bf16 results are stochastically rounded (E[stored] == fp32 result) with random bits
-// hash_u32(element, key), key = hash_u32(t, seed ^ salt) with one salt per output: independent of
-// the launch configuration, so equal inputs and seed give bit-identical results. Optionally the
+// hash_u32(element, key), key = hash_u32(t, seed ^ salt) with one salt per output, element = the
+// index within the whole tensor (index_offset + i for a slice): independent of the launch
+// configuration and of slicing, so equal inputs and seed give bit-identical results. Optionally the
 // updated parameter is also written as a round-to-nearest bf16 copy.
 //
 // Elements are processed in groups of 8; a group uses 16-byte vector accesses when all pointers
@@ -41,6 +42,7 @@ struct AdamWScalars {
   float inv_bias1;           // 1 / (1 - beta1^t)
   float inv_sqrt_bias2;      // 1 / sqrt(1 - beta2^t)
   std::uint32_t param_key, m_key, v_key;
+  std::uint32_t index_offset;  // tensor index of element 0 of this launch
 };
 
 // fp32 stays exact; bf16 is stochastically rounded with bits drawn for (element, key).
@@ -75,7 +77,7 @@ __global__ void __launch_bounds__(kThreads)
     nv_bfloat16 copy_out[kGroup];
 #pragma unroll
     for (int k = 0; k < kGroup; ++k) {
-      const auto element = static_cast<std::uint32_t>(i0 + k);
+      const auto element = s.index_offset + static_cast<std::uint32_t>(i0 + k);
       const float gk = g[k] * scale;
       const float m_new = s.beta1 * m1[k] + s.one_minus_beta1 * gk;
       const float v_new = s.beta2 * m2[k] + s.one_minus_beta2 * gk * gk;
@@ -118,6 +120,7 @@ AdamWScalars derive_scalars(const AdamWConfig& c) {
   s.param_key = hash_u32(step, c.seed ^ kParamSalt);
   s.m_key = hash_u32(step, c.seed ^ kMoment1Salt);
   s.v_key = hash_u32(step, c.seed ^ kMoment2Salt);
+  s.index_offset = static_cast<std::uint32_t>(c.index_offset);
   return s;
 }
 
@@ -128,10 +131,10 @@ void adamw_update(TParam* params, const TGrad* grads, TMoment1* m, TMoment2* v, 
                   const AdamWConfig& config, const float* grad_scale, nv_bfloat16* params_bf16_copy,
                   cudaStream_t stream) {
   const AdamWScalars scalars = derive_scalars(config);
-  LLMQ_REQUIRE(n <= 0xFFFFFFFFull,
-               "adamw: tensor of {} elements exceeds 2^32 (the rounding hash indexes elements with 32 bits); "
-               "update it in slices",
-               n);
+  LLMQ_REQUIRE(n <= 0xFFFFFFFFull && config.index_offset <= 0xFFFFFFFFull - n,
+               "adamw: elements [{}, {}) of a tensor reach past 2^32 (the rounding hash indexes elements with "
+               "32 bits); split the tensor into tensors of fewer elements",
+               config.index_offset, config.index_offset + n);
   if (n == 0) return;
   LLMQ_REQUIRE(params && grads && m && v, "adamw: null params / grads / m / v pointer for a tensor of {} elements", n);
   const bool vectorized = aligned16(params) && aligned16(grads) && aligned16(m) && aligned16(v) &&

@@ -1,6 +1,7 @@
 // AdamW optimizer step for one parameter tensor (math in adamw.cu). Parameters, gradients and the
 // two moments are each fp32 or bf16; bf16 outputs use stochastic rounding seeded per
-// (seed, step, element), so the same call with the same seed always gives the same bits.
+// (seed, step, element), so the same call with the same seed always gives the same bits, and a
+// tensor updated in slices (index_offset) gets the same bits as one update of the whole.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -18,12 +19,16 @@ struct AdamWConfig {
   float weight_decay = 0.f;  // decoupled (p -= lr * wd * p); the caller passes 0 for tensors without decay
   int step = 1;              // t >= 1, for the bias corrections 1 - beta^t
   std::uint32_t seed = 0;    // stochastic rounding; give every tensor its own seed
+  // Index within its tensor of the first element passed (the rounding hash input), for updates of a
+  // tensor in slices: slice [a, b) is params + a, n = b - a, index_offset = a.
+  std::uint64_t index_offset = 0;
 };
 
-// Updates params, m and v in place for elements [0, n). grad_scale: device pointer to the factor
-// applied to the gradients (clip scale times any other factor), nullptr = 1. params_bf16_copy:
-// optional (nullptr = none) bf16 copy of the updated parameters, rounded to nearest (e.g. the bf16
-// forward weights next to fp32 master weights).
+// Updates params, m and v in place for elements [0, n); any of them may be mapped pinned host
+// memory (zero-copy). grad_scale: device pointer to the factor applied to the gradients (clip
+// scale times any other factor), nullptr = 1. params_bf16_copy: optional (nullptr = none) bf16
+// copy of the updated parameters, rounded to nearest (e.g. the bf16 forward weights next to fp32
+// master weights).
 // Instantiated for every combination of float / nv_bfloat16.
 template <typename TParam, typename TGrad, typename TMoment1, typename TMoment2>
 void adamw_update(TParam* params, const TGrad* grads, TMoment1* m, TMoment2* v, std::size_t n,

@@ -5,6 +5,11 @@
 // the column-major product out^T[N, M] = op(b)^T[N, K] @ op(a)^T[K, M]: cuBLASLt's "A" is our b,
 // its "B" is our a, with the same transpose flags, and the bias (one value per column-major row
 // of out^T, i.e. per row-major column of out) has N elements.
+//
+// FP8: cuBLASLt's FP8 kernels on Hopper only take "TN" (its A transposed, its B not), i.e. both
+// operands K-major. In our terms that is out = a[M, K] @ b[N, K]^T (trans_a = false, trans_b = true):
+// cuBLASLt's A is b stored as column-major [K, N] used transposed, its B is a stored as column-major
+// [K, M]. Its A scale is therefore b's scale_inv and its B scale a's: D = scale_A * scale_B * (A^T B).
 #include "kernels/matmul.h"
 
 #include <cublasLt.h>
@@ -22,9 +27,11 @@ cudaDataType_t cuda_type(DType t) {
   switch (t) {
     case DType::FP32: return CUDA_R_32F;
     case DType::BF16: return CUDA_R_16BF;
+    case DType::E4M3: return CUDA_R_8F_E4M3;
+    case DType::E5M2: return CUDA_R_8F_E5M2;
     default: break;
   }
-  throw Error(fmt::format("matmul: dtype {} is not supported (use fp32 or bf16)", dtype_name(t)));
+  throw Error(fmt::format("matmul: dtype {} is not supported (use fp32, bf16, e4m3 or e5m2)", dtype_name(t)));
 }
 
 // Largest power of two (capped at 256, cuBLASLt's default requirement) dividing the address.
@@ -39,9 +46,11 @@ std::uint32_t pointer_alignment(const void* p) {
 struct ProblemKey {
   int M, N, K;
   bool trans_a, trans_b, has_bias;
-  DType in_dtype, out_dtype;
+  bool fast_accum;  // FP8 only
+  DType a_dtype, b_dtype, out_dtype, bias_dtype;
   std::uint32_t align_a, align_b, align_out, align_bias;
 
+  bool is_fp8() const { return is_float8(a_dtype); }
   bool operator==(const ProblemKey&) const = default;
 };
 
@@ -52,8 +61,9 @@ struct ProblemKeyHash {
     mix(static_cast<std::uint32_t>(k.M));
     mix(static_cast<std::uint32_t>(k.N));
     mix(static_cast<std::uint32_t>(k.K));
-    mix(k.trans_a | (k.trans_b << 1) | (k.has_bias << 2));
-    mix(static_cast<std::uint64_t>(k.in_dtype) << 8 | static_cast<std::uint64_t>(k.out_dtype));
+    mix(k.trans_a | (k.trans_b << 1) | (k.has_bias << 2) | (k.fast_accum << 3));
+    mix(static_cast<std::uint64_t>(k.a_dtype) << 24 | static_cast<std::uint64_t>(k.b_dtype) << 16 |
+        static_cast<std::uint64_t>(k.out_dtype) << 8 | static_cast<std::uint64_t>(k.bias_dtype));
     mix(k.align_a | static_cast<std::uint64_t>(k.align_b) << 16 | static_cast<std::uint64_t>(k.align_out) << 32 |
         static_cast<std::uint64_t>(k.align_bias) << 48);
     return h;
@@ -62,18 +72,30 @@ struct ProblemKeyHash {
 
 std::string describe(const ProblemKey& k) {
   return fmt::format(
-      "M={} N={} K={} ({} inputs, {} output, trans_a={}, trans_b={}, bias={}; pointer alignment a={} B, b={} B, "
+      "M={} N={} K={} (a {}, b {}, {} output, trans_a={}, trans_b={}, bias={}{}; pointer alignment a={} B, b={} B, "
       "out={} B, bias={} B)",
-      k.M, k.N, k.K, dtype_name(k.in_dtype), dtype_name(k.out_dtype), k.trans_a, k.trans_b, k.has_bias, k.align_a,
-      k.align_b, k.align_out, k.align_bias);
+      k.M, k.N, k.K, dtype_name(k.a_dtype), dtype_name(k.b_dtype), dtype_name(k.out_dtype), k.trans_a, k.trans_b,
+      k.has_bias, k.is_fp8() ? fmt::format(", fast_accum={}", k.fast_accum) : "", k.align_a, k.align_b, k.align_out,
+      k.align_bias);
 }
+
+// The device pointers of one call (the scales only for FP8).
+struct MatmulOperands {
+  void* out;
+  const void* a;
+  const void* b;
+  const void* bias;
+  const float* a_scale_inv = nullptr;
+  const float* b_scale_inv = nullptr;
+};
 
 // Descriptors and chosen algorithm of one problem; owns the cuBLASLt descriptors.
 class MatmulPlan {
  public:
-  MatmulPlan(cublasLtHandle_t handle, const ProblemKey& key, const void* bias, std::size_t workspace_bytes) {
+  MatmulPlan(cublasLtHandle_t handle, const ProblemKey& key, const MatmulOperands& ops, std::size_t workspace_bytes)
+      : fp8_(key.is_fp8()) {
     try {
-      create_descriptors(key, bias);
+      create_descriptors(key, ops);
       choose_algorithm(handle, key, workspace_bytes);
     } catch (...) {
       destroy();
@@ -84,49 +106,63 @@ class MatmulPlan {
   MatmulPlan(const MatmulPlan&) = delete;
   MatmulPlan& operator=(const MatmulPlan&) = delete;
 
-  void run(cublasLtHandle_t handle, void* out, const void* a, const void* b, const void* bias, float alpha,
-           bool accumulate, void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
-    if (bias)
-      LLMQ_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+  void run(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, bool accumulate, void* workspace,
+           std::size_t workspace_bytes, cudaStream_t stream) {
+    if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
+    if (fp8_) set_scale_pointers(ops);
     const float beta = accumulate ? 1.f : 0.f;
     // cuBLASLt's A is our b and its B is our a (see the head comment); C = D = out.
-    LLMQ_CUBLAS_CHECK(cublasLtMatmul(handle, op_, &alpha, b, layout_a_, a, layout_b_, &beta, out, layout_out_, out,
-                                     layout_out_, &algo_, workspace, workspace_bytes, stream));
+    LLMQ_CUBLAS_CHECK(cublasLtMatmul(handle, op_, &alpha, ops.b, layout_a_, ops.a, layout_b_, &beta, ops.out,
+                                     layout_out_, ops.out, layout_out_, &algo_, workspace, workspace_bytes, stream));
   }
 
  private:
+  bool fp8_;
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t layout_a_ = nullptr, layout_b_ = nullptr, layout_out_ = nullptr;
   cublasLtMatmulAlgo_t algo_{};
 
-  void create_descriptors(const ProblemKey& k, const void* bias) {
+  template <typename V>
+  void set_attribute(cublasLtMatmulDescAttributes_t attr, const V& value) {
+    LLMQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, attr, &value, sizeof(value)));
+  }
+
+  // cuBLASLt's A is our b, so its A scale is b's (see the head comment).
+  void set_scale_pointers(const MatmulOperands& ops) {
+    set_attribute(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, ops.b_scale_inv);
+    set_attribute(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, ops.a_scale_inv);
+  }
+
+  void create_descriptors(const ProblemKey& k, const MatmulOperands& ops) {
     LLMQ_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op_, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t op_b = k.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's transa
     const cublasOperation_t op_a = k.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's transb
-    LLMQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSA, &op_b, sizeof(op_b)));
-    LLMQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
+    set_attribute(CUBLASLT_MATMUL_DESC_TRANSA, op_b);
+    set_attribute(CUBLASLT_MATMUL_DESC_TRANSB, op_a);
     if (k.has_bias) {
-      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-      const auto bias_type = static_cast<std::int32_t>(cuda_type(k.out_dtype));
-      LLMQ_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
-      LLMQ_CUBLAS_CHECK(
-          cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
-      // The heuristic derives the bias alignment from this pointer.
-      LLMQ_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op_, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+      set_attribute(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+      set_attribute(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(cuda_type(k.bias_dtype)));
+      set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);  // the heuristic derives the bias alignment from it
     }
+    if (fp8_) {
+      set_attribute(CUBLASLT_MATMUL_DESC_FAST_ACCUM, static_cast<std::int8_t>(k.fast_accum));
+      set_scale_pointers(ops);
+    }
+    create_layouts(k);
+  }
+
+  void create_layouts(const ProblemKey& k) {
     // Stored (untransposed) column-major shapes: row-major b is [K, N] (or [N, K] when trans_b),
     // i.e. column-major [N, K] with ld N (or [K, N] with ld K); likewise for a.
-    const cudaDataType_t in = cuda_type(k.in_dtype), out = cuda_type(k.out_dtype);
+    const cudaDataType_t type_a = cuda_type(k.a_dtype), type_b = cuda_type(k.b_dtype), out = cuda_type(k.out_dtype);
     if (k.trans_b)
-      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a_, in, k.K, k.N, k.K));
+      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a_, type_b, k.K, k.N, k.K));
     else
-      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a_, in, k.N, k.K, k.N));
+      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_a_, type_b, k.N, k.K, k.N));
     if (k.trans_a)
-      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b_, in, k.M, k.K, k.M));
+      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b_, type_a, k.M, k.K, k.M));
     else
-      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b_, in, k.K, k.M, k.K));
+      LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_b_, type_a, k.K, k.M, k.K));
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&layout_out_, out, k.N, k.M, k.N));
   }
 
@@ -150,11 +186,14 @@ class MatmulPlan {
       throw;
     }
     cublasLtMatmulPreferenceDestroy(pref);
+    const char* rule = k.is_fp8() ? "FP8 matmuls need a GPU with FP8 tensor cores (compute capability 8.9 or newer), "
+                                    "K and N multiples of 16 and buffers aligned to 16 bytes: pad the dimensions or "
+                                    "use bf16"
+                                  : "bf16 matmuls need K and N (and M when trans_a) to be multiples of 8 on some GPUs "
+                                    "and buffers aligned to 16 bytes: pad the dimensions or use fp32";
     LLMQ_REQUIRE(status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-                 "matmul {}: cuBLASLt has no algorithm for this problem (heuristic status {}, {} found). "
-                 "bf16 matmuls need K and N (and M when trans_a) to be multiples of 8 on some GPUs and "
-                 "buffers aligned to 16 bytes: pad the dimensions or use fp32",
-                 describe(k), static_cast<int>(status), found);
+                 "matmul {}: cuBLASLt has no algorithm for this problem (heuristic status {}, {} found). {}",
+                 describe(k), static_cast<int>(status), found, rule);
     algo_ = result.algo;
   }
 
@@ -199,6 +238,19 @@ MatmulContext::~MatmulContext() {
 
 std::size_t MatmulContext::cached_problems() const { return impl_->plans.size(); }
 
+namespace {
+
+// Runs one problem with its cached plan, creating the plan (and choosing the algorithm) on first use.
+void run_planned(MatmulContext::Impl& impl, const ProblemKey& key, const MatmulOperands& ops, float alpha,
+                 bool accumulate, cudaStream_t stream) {
+  auto it = impl.plans.find(key);
+  if (it == impl.plans.end())
+    it = impl.plans.emplace(key, std::make_unique<MatmulPlan>(impl.handle, key, ops, impl.workspace_bytes)).first;
+  it->second->run(impl.handle, ops, alpha, accumulate, impl.workspace, impl.workspace_bytes, stream);
+}
+
+}  // namespace
+
 void matmul(MatmulContext& ctx, void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int M, int N,
             int K, bool trans_a, bool trans_b, float alpha, bool accumulate, const void* bias, cudaStream_t stream) {
   LLMQ_REQUIRE(M > 0 && N > 0 && K > 0, "matmul: sizes must be positive, got M={} N={} K={}", M, N, K);
@@ -215,17 +267,78 @@ void matmul(MatmulContext& ctx, void* out, DType out_dtype, const void* a, const
                        .trans_a = trans_a,
                        .trans_b = trans_b,
                        .has_bias = bias != nullptr,
-                       .in_dtype = in_dtype,
+                       .fast_accum = false,
+                       .a_dtype = in_dtype,
+                       .b_dtype = in_dtype,
                        .out_dtype = out_dtype,
+                       .bias_dtype = out_dtype,
                        .align_a = pointer_alignment(a),
                        .align_b = pointer_alignment(b),
                        .align_out = pointer_alignment(out),
                        .align_bias = bias ? pointer_alignment(bias) : 256u};
-  MatmulContext::Impl& impl = *ctx.impl_;
-  auto it = impl.plans.find(key);
-  if (it == impl.plans.end())
-    it = impl.plans.emplace(key, std::make_unique<MatmulPlan>(impl.handle, key, bias, impl.workspace_bytes)).first;
-  it->second->run(impl.handle, out, a, b, bias, alpha, accumulate, impl.workspace, impl.workspace_bytes, stream);
+  run_planned(*ctx.impl_, key, {.out = out, .a = a, .b = b, .bias = bias}, alpha, accumulate, stream);
+}
+
+namespace {
+
+bool supported_fp8_pair(DType a, DType b) {
+  return (a == DType::E4M3 && (b == DType::E4M3 || b == DType::E5M2)) || (a == DType::E5M2 && b == DType::E4M3);
+}
+
+void check_fp8_problem(void* out, DType out_dtype, const void* a, DType a_dtype, const float* a_scale_inv,
+                       const void* b, DType b_dtype, const float* b_scale_inv, int M, int N, int K) {
+  LLMQ_REQUIRE(M > 0 && N > 0 && K > 0, "matmul_fp8: sizes must be positive, got M={} N={} K={}", M, N, K);
+  LLMQ_REQUIRE(out && a && b, "matmul_fp8 M={} N={} K={}: null pointer (out={}, a={}, b={})", M, N, K, out, a, b);
+  LLMQ_REQUIRE(a_scale_inv && b_scale_inv,
+               "matmul_fp8 M={} N={} K={}: null scale pointer (a_scale_inv={}, b_scale_inv={}); pass the scale_inv "
+               "that quantize_fp8 wrote for each operand",
+               M, N, K, static_cast<const void*>(a_scale_inv), static_cast<const void*>(b_scale_inv));
+  LLMQ_REQUIRE(supported_fp8_pair(a_dtype, b_dtype),
+               "matmul_fp8: {} x {} inputs are not supported; cuBLASLt has FP8 kernels for e4m3 x e4m3, e4m3 x e5m2 "
+               "and e5m2 x e4m3 only (quantize at least one operand to e4m3)",
+               dtype_name(a_dtype), dtype_name(b_dtype));
+  LLMQ_REQUIRE(out_dtype == DType::BF16 || out_dtype == DType::FP32,
+               "matmul_fp8: {} output is not supported (use bf16 or fp32)", dtype_name(out_dtype));
+  LLMQ_REQUIRE(K % 16 == 0 && N % 16 == 0,
+               "matmul_fp8 M={} N={} K={}: cuBLASLt's FP8 GEMMs need K and N to be multiples of 16 (so that every "
+               "row of a, b and out starts 16-byte aligned); pad the dimensions or use the bf16 matmul",
+               M, N, K);
+  // Not in cuBLASLt's documentation, measured on an H100 with cuBLASLt 13.1: a scale pointer that is
+  // only 4-byte aligned makes every FP8 algorithm fail with CUBLAS_STATUS_NOT_SUPPORTED.
+  LLMQ_REQUIRE(pointer_alignment(a_scale_inv) >= 16 && pointer_alignment(b_scale_inv) >= 16,
+               "matmul_fp8 M={} N={} K={}: the scale pointers must be 16-byte aligned (a_scale_inv={}, "
+               "b_scale_inv={}); give each scale its own 16-byte slot", M, N, K,
+               static_cast<const void*>(a_scale_inv), static_cast<const void*>(b_scale_inv));
+  LLMQ_REQUIRE(pointer_alignment(a) >= 16 && pointer_alignment(b) >= 16 && pointer_alignment(out) >= 16,
+               "matmul_fp8 M={} N={} K={}: a, b and out must be 16-byte aligned (a={}, b={}, out={}); allocate "
+               "through llmq::Allocator and offset views by multiples of 16 bytes",
+               M, N, K, a, b, out);
+}
+
+}  // namespace
+
+void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const void* a, DType a_dtype, const float* a_scale_inv,
+                const void* b, DType b_dtype, const float* b_scale_inv, int M, int N, int K, bool accumulate,
+                const void* bias, bool fast_accum, cudaStream_t stream) {
+  check_fp8_problem(out, out_dtype, a, a_dtype, a_scale_inv, b, b_dtype, b_scale_inv, M, N, K);
+  const ProblemKey key{.M = M,
+                       .N = N,
+                       .K = K,
+                       .trans_a = false,  // a [M, K] and b [N, K]: both K-major, the "TN" of the head comment
+                       .trans_b = true,
+                       .has_bias = bias != nullptr,
+                       .fast_accum = fast_accum,
+                       .a_dtype = a_dtype,
+                       .b_dtype = b_dtype,
+                       .out_dtype = out_dtype,
+                       .bias_dtype = DType::BF16,  // cuBLASLt's FP8 kernels: bf16 bias for bf16 and fp32 outputs
+                       .align_a = pointer_alignment(a),
+                       .align_b = pointer_alignment(b),
+                       .align_out = pointer_alignment(out),
+                       .align_bias = bias ? pointer_alignment(bias) : 256u};
+  const MatmulOperands ops{
+      .out = out, .a = a, .b = b, .bias = bias, .a_scale_inv = a_scale_inv, .b_scale_inv = b_scale_inv};
+  run_planned(*ctx.impl_, key, ops, 1.f, accumulate, stream);
 }
 
 namespace {

@@ -13,8 +13,20 @@
 // The bias has the dtype of `out`. With accumulate=true the old contents of `out` are read
 // (beta = 1), also when `out` is bf16.
 //
+// FP8 (matmul_fp8): out[M, N] (+)= (a_scale_inv[0] * b_scale_inv[0]) * a[M, K] @ b[N, K]^T (+ bias[N])
+// with a and b row-major FP8, both K-major: the only layout Hopper's FP8 GEMMs take ("TN" in
+// cuBLASLt's column-major terms). The scales are device pointers (per-tensor current scaling, see
+// quantize.h), read by the GEMM itself, so no host synchronization is needed. Supported:
+//   a x b dtypes: e4m3 x e4m3, e4m3 x e5m2, e5m2 x e4m3 (e5m2 x e5m2 has no cuBLASLt kernel);
+//   out: bf16 or fp32; bias: bf16 in both cases (cuBLASLt's FP8 kernels take a bf16 bias also
+//   when the output is fp32); accumulation in fp32 with periodic promotion, or, with fast_accum,
+//   in the tensor cores' reduced-precision accumulator only (faster, less accurate);
+//   sizes: K and N multiples of 16, a, b and out 16-byte aligned (cuBLASLt's FP8 requirement: every
+//   row of a, b and out starts 16-byte aligned); M is free.
+//
 // A MatmulContext owns the cuBLASLt handle and caches, per problem (shape, transposes, dtypes,
-// bias epilogue, pointer alignment), the descriptors and the algorithm the heuristic picked.
+// bias epilogue, FP8 fast accumulation, pointer alignment), the descriptors and the algorithm the
+// heuristic picked.
 // It is not thread-safe: use one context per thread (and do not run two streams' matmuls on
 // one context concurrently, they would share its workspace).
 #pragma once
@@ -50,6 +62,8 @@ class MatmulContext {
   std::unique_ptr<Impl> impl_;
   friend void matmul(MatmulContext&, void*, DType, const void*, const void*, DType, int, int, int, bool, bool, float,
                      bool, const void*, cudaStream_t);
+  friend void matmul_fp8(MatmulContext&, void*, DType, const void*, DType, const float*, const void*, DType,
+                         const float*, int, int, int, bool, const void*, bool, cudaStream_t);
 };
 
 // Raw-pointer launcher (see the head comment for the math). bias may be null.
@@ -62,5 +76,13 @@ void matmul(MatmulContext& ctx, void* out, DType out_dtype, const void* a, const
 // otherwise N elements of out's dtype); throws llmq::Error naming the offending tensor.
 void matmul(MatmulContext& ctx, const Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
             float alpha, bool accumulate, const Tensor& bias, cudaStream_t stream);
+
+// FP8 launcher (see the head comment for the math). a [M, K] and b [N, K] hold FP8 values of
+// a_dtype / b_dtype; a_scale_inv and b_scale_inv point to one float each on the device (the
+// scale_inv written by quantize_fp8). bias may be null, else N bf16 values. accumulate reads the
+// old out (beta = 1). Throws llmq::Error for unsupported dtype pairs, sizes or alignments.
+void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const void* a, DType a_dtype, const float* a_scale_inv,
+                const void* b, DType b_dtype, const float* b_scale_inv, int M, int N, int K, bool accumulate,
+                const void* bias, bool fast_accum, cudaStream_t stream);
 
 }  // namespace llmq::kernels

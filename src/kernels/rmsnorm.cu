@@ -19,6 +19,14 @@
 // into fp32 registers and writes them to scratch[block, C]; a second kernel adds the partials of all
 // blocks in block order and adds the result to dw. The number of blocks depends on N and C only.
 //
+// Abs-max (FP8 scales): given `absmax`, the bf16/fp32 launchers also fold max |v| over every element of
+// out (forward; not residual_out) or dx (backward), taken after rounding to the element type, into
+// *absmax (zeroed by the caller; only ever maxed into). Each thread keeps a running max in a register and
+// its warp adds it with one atomic at the end. The abs-max forward runs one wave of blocks (as many as fit
+// on the GPU at once) that loop over rows, so the atomics stay near one per resident warp instead of one
+// per warp of every row; without absmax it is the unchanged one-block-per-row kernel. The backward keeps
+// its grid (already at most kBackwardThreadTarget threads).
+//
 // Requirements: C % 8 == 0 (16-byte vectors; our widths 896 ... 5120 qualify), pointers 16-byte aligned.
 #include "kernels/rmsnorm.h"
 
@@ -39,6 +47,12 @@ constexpr int kBackwardThreadTarget = 65536;  // backward grid: about this many 
 constexpr int kReduceColumnThreads = 8;       // dw reduce block: 8 float4 column groups ...
 constexpr int kReducePartialThreads = 32;     // ... x 32 threads striding over the partial rows
 
+// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
+// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN).
+__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
+  return max(bits, __float_as_uint(fabsf(v)));
+}
+
 __device__ __forceinline__ bool vec_in_row(int j, int vecs_per_row) {
   return static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x) < vecs_per_row;
 }
@@ -49,52 +63,71 @@ __device__ __forceinline__ int vec_col(int j) {
 }
 
 // No __restrict__ on the row tensors: residual_out / out may alias residual / x (element-wise in place).
-template <typename T, bool kFusedResidual>
+template <typename T, bool kFusedResidual, bool kAbsMax>
 __global__ void __launch_bounds__(kMaxThreads)
-    rmsnorm_forward_kernel(T* residual_out, T* out, float* rstd_out, const T* residual, const T* x,
-                           const T* __restrict__ w, float eps, int C) {
+    rmsnorm_forward_kernel(T* residual_out, T* out, float* rstd_out, float* absmax, const T* residual, const T* x,
+                           const T* __restrict__ w, float eps, int N, int C) {
   constexpr int K = Vec<T>::kSize;
   __shared__ float reduce_scratch[kWarpSize];
   const int vecs_per_row = C / K;
-  const long row = static_cast<long>(blockIdx.x) * C;
 
-  Vec<T> xv[kVecsPerThread<T>], wv[kVecsPerThread<T>];
-  float sum_sq = 0.f;
+  Vec<T> wv[kVecsPerThread<T>];
 #pragma unroll
   for (int j = 0; j < kVecsPerThread<T>; ++j) {
-    if (!vec_in_row(j, vecs_per_row)) continue;
-    const int c = vec_col<T>(j);
-    xv[j] = load_vec(x + row + c);
-    wv[j] = load_vec(w + c);
-    if constexpr (kFusedResidual) {
-      const Vec<T> r = load_vec(residual + row + c);
-#pragma unroll
-      for (int k = 0; k < K; ++k) xv[j][k] = from_float<T>(to_float(r[k]) + to_float(xv[j][k]));
-      store_vec(residual_out + row + c, xv[j]);
-    }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      const float v = to_float(xv[j][k]);
-      sum_sq += v * v;
-    }
+    if (vec_in_row(j, vecs_per_row)) wv[j] = load_vec(w + vec_col<T>(j));
   }
-  const float rstd = rsqrtf(block_sum(sum_sq, reduce_scratch) / static_cast<float>(C) + eps);
-  if (rstd_out != nullptr && threadIdx.x == 0) rstd_out[blockIdx.x] = rstd;
+  unsigned int absmax_bits = 0;  // |out| of this thread's elements, see max_abs_bits
+
+  auto normalise_row = [&](int n) {
+    const long row = static_cast<long>(n) * C;
+    Vec<T> xv[kVecsPerThread<T>];
+    float sum_sq = 0.f;
+#pragma unroll
+    for (int j = 0; j < kVecsPerThread<T>; ++j) {
+      if (!vec_in_row(j, vecs_per_row)) continue;
+      const int c = vec_col<T>(j);
+      xv[j] = load_vec(x + row + c);
+      if constexpr (kFusedResidual) {
+        const Vec<T> r = load_vec(residual + row + c);
+#pragma unroll
+        for (int k = 0; k < K; ++k) xv[j][k] = from_float<T>(to_float(r[k]) + to_float(xv[j][k]));
+        store_vec(residual_out + row + c, xv[j]);
+      }
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        const float v = to_float(xv[j][k]);
+        sum_sq += v * v;
+      }
+    }
+    const float rstd = rsqrtf(block_sum(sum_sq, reduce_scratch) / static_cast<float>(C) + eps);
+    if (rstd_out != nullptr && threadIdx.x == 0) rstd_out[n] = rstd;
 
 #pragma unroll
-  for (int j = 0; j < kVecsPerThread<T>; ++j) {
-    if (!vec_in_row(j, vecs_per_row)) continue;
-    Vec<T> o;
+    for (int j = 0; j < kVecsPerThread<T>; ++j) {
+      if (!vec_in_row(j, vecs_per_row)) continue;
+      Vec<T> o;
 #pragma unroll
-    for (int k = 0; k < K; ++k) o[k] = from_float<T>(to_float(xv[j][k]) * rstd * to_float(wv[j][k]));
-    store_vec(out + row + vec_col<T>(j), o);
+      for (int k = 0; k < K; ++k) {
+        o[k] = from_float<T>(to_float(xv[j][k]) * rstd * to_float(wv[j][k]));
+        if constexpr (kAbsMax) absmax_bits = max_abs_bits(absmax_bits, to_float(o[k]));
+      }
+      store_vec(out + row + vec_col<T>(j), o);
+    }
+  };
+
+  if constexpr (kAbsMax) {
+    // Capped grid: block b handles rows b, b + gridDim.x, ... (uniform over the block: block_sum is safe).
+    for (int n = blockIdx.x; n < N; n += gridDim.x) normalise_row(n);
+    atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
+  } else {
+    normalise_row(blockIdx.x);  // one block per row
   }
 }
 
 // dx may alias dresidual or dout: every element is read by the thread that writes it, before it writes.
-template <typename T>
+template <typename T, bool kAbsMax>
 __global__ void __launch_bounds__(kMaxThreads)
-    rmsnorm_backward_kernel(T* dx, float* __restrict__ dw_partial, const T* dresidual, const T* dout,
+    rmsnorm_backward_kernel(T* dx, float* __restrict__ dw_partial, float* absmax, const T* dresidual, const T* dout,
                             const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ rstd, int N,
                             int C) {
   constexpr int K = Vec<T>::kSize;
@@ -109,6 +142,7 @@ __global__ void __launch_bounds__(kMaxThreads)
 #pragma unroll
     for (int k = 0; k < K; ++k) dw_sum[j][k] = 0.f;
   }
+  unsigned int absmax_bits = 0;  // |dx| of this thread's elements, see max_abs_bits
 
   for (int n = blockIdx.x; n < N; n += gridDim.x) {  // uniform over the block: block_sum is safe
     const long row = static_cast<long>(n) * C;
@@ -145,10 +179,12 @@ __global__ void __launch_bounds__(kMaxThreads)
         float v = r * (g - xhat * mean);
         if (dresidual != nullptr) v += to_float(prev[k]);
         o[k] = from_float<T>(v);
+        if constexpr (kAbsMax) absmax_bits = max_abs_bits(absmax_bits, to_float(o[k]));
       }
       store_vec(dx + row + c, o);
     }
   }
+  if constexpr (kAbsMax) atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
 
   float* partial = dw_partial + static_cast<long>(blockIdx.x) * C;
 #pragma unroll
@@ -217,9 +253,20 @@ void require_shapes(const char* op, int N, int C) {
                op, C, rmsnorm_max_width());
 }
 
+// Blocks of `threads` threads that fit on the current GPU at once (one wave): the abs-max grid, so that
+// every thread loops about equally often and only the resident warps flush an atomic.
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads) {
+  int device = 0, sms = 0, per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  return std::max(1, sms * per_sm);
+}
+
 template <typename T, bool kFused>
 void launch_forward(const char* op, T* residual_out, T* out, float* rstd, const T* residual, const T* x, const T* w,
-                    float eps, int N, int C, cudaStream_t stream) {
+                    float eps, int N, int C, cudaStream_t stream, float* absmax) {
   require_shapes(op, N, C);
   require_aligned(out, "out", op);
   require_aligned(x, "x", op);
@@ -229,13 +276,21 @@ void launch_forward(const char* op, T* residual_out, T* out, float* rstd, const 
     require_aligned(residual, "residual", op);
   }
   LLMQ_REQUIRE(eps > 0.f, "{}: eps={} must be positive (config.json rms_norm_eps)", op, eps);
-  rmsnorm_forward_kernel<T, kFused><<<N, row_threads(C), 0, stream>>>(residual_out, out, rstd, residual, x, w, eps, C);
+  const int threads = row_threads(C);
+  if (absmax != nullptr) {
+    const int blocks = std::min(N, resident_blocks(rmsnorm_forward_kernel<T, kFused, true>, threads));
+    rmsnorm_forward_kernel<T, kFused, true>
+        <<<blocks, threads, 0, stream>>>(residual_out, out, rstd, absmax, residual, x, w, eps, N, C);
+  } else {
+    rmsnorm_forward_kernel<T, kFused, false>  // one block per row
+        <<<N, threads, 0, stream>>>(residual_out, out, rstd, nullptr, residual, x, w, eps, N, C);
+  }
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T, typename TW>
 void launch_backward(T* dx, TW* dw, float* scratch, const T* dresidual, const T* dout, const T* x, const T* w,
-                     const float* rstd, int N, int C, cudaStream_t stream) {
+                     const float* rstd, int N, int C, cudaStream_t stream, float* absmax) {
   const char* op = "rmsnorm_backward";
   require_shapes(op, N, C);
   require_aligned(dx, "dx", op);
@@ -246,7 +301,13 @@ void launch_backward(T* dx, TW* dw, float* scratch, const T* dresidual, const T*
   if (dresidual != nullptr) require_aligned(dresidual, "dresidual", op);
   LLMQ_REQUIRE(dw != nullptr && rstd != nullptr, "rmsnorm_backward: dw and rstd must not be null");
   const int blocks = backward_blocks(N, C);
-  rmsnorm_backward_kernel<T><<<blocks, row_threads(C), 0, stream>>>(dx, scratch, dresidual, dout, x, w, rstd, N, C);
+  if (absmax != nullptr) {
+    rmsnorm_backward_kernel<T, true>
+        <<<blocks, row_threads(C), 0, stream>>>(dx, scratch, absmax, dresidual, dout, x, w, rstd, N, C);
+  } else {
+    rmsnorm_backward_kernel<T, false>
+        <<<blocks, row_threads(C), 0, stream>>>(dx, scratch, nullptr, dresidual, dout, x, w, rstd, N, C);
+  }
   LLMQ_CUDA_CHECK_LAUNCH();
   const dim3 reduce_block(kReduceColumnThreads, kReducePartialThreads);
   rmsnorm_dw_reduce_kernel<TW>
@@ -264,39 +325,39 @@ std::size_t rmsnorm_backward_scratch_bytes(int N, int C) {
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, float eps, int N, int C,
-                     cudaStream_t stream) {
-  launch_forward<float, false>("rmsnorm_forward", nullptr, out, rstd, nullptr, x, w, eps, N, C, stream);
+                     cudaStream_t stream, float* absmax) {
+  launch_forward<float, false>("rmsnorm_forward", nullptr, out, rstd, nullptr, x, w, eps, N, C, stream, absmax);
 }
 void rmsnorm_forward(nv_bfloat16* out, float* rstd, const nv_bfloat16* x, const nv_bfloat16* w, float eps, int N, int C,
-                     cudaStream_t stream) {
-  launch_forward<nv_bfloat16, false>("rmsnorm_forward", nullptr, out, rstd, nullptr, x, w, eps, N, C, stream);
+                     cudaStream_t stream, float* absmax) {
+  launch_forward<nv_bfloat16, false>("rmsnorm_forward", nullptr, out, rstd, nullptr, x, w, eps, N, C, stream, absmax);
 }
 
 void fused_residual_rmsnorm_forward(float* residual_out, float* out, float* rstd, const float* residual, const float* x,
-                                    const float* w, float eps, int N, int C, cudaStream_t stream) {
+                                    const float* w, float eps, int N, int C, cudaStream_t stream, float* absmax) {
   launch_forward<float, true>("fused_residual_rmsnorm_forward", residual_out, out, rstd, residual, x, w, eps, N, C,
-                              stream);
+                              stream, absmax);
 }
 void fused_residual_rmsnorm_forward(nv_bfloat16* residual_out, nv_bfloat16* out, float* rstd,
                                     const nv_bfloat16* residual, const nv_bfloat16* x, const nv_bfloat16* w, float eps,
-                                    int N, int C, cudaStream_t stream) {
+                                    int N, int C, cudaStream_t stream, float* absmax) {
   launch_forward<nv_bfloat16, true>("fused_residual_rmsnorm_forward", residual_out, out, rstd, residual, x, w, eps, N,
-                                    C, stream);
+                                    C, stream, absmax);
 }
 
 void rmsnorm_backward(float* dx, float* dw, float* scratch, const float* dresidual, const float* dout, const float* x,
-                      const float* w, const float* rstd, int N, int C, cudaStream_t stream) {
-  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream);
+                      const float* w, const float* rstd, int N, int C, cudaStream_t stream, float* absmax) {
+  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream, absmax);
 }
 void rmsnorm_backward(nv_bfloat16* dx, nv_bfloat16* dw, float* scratch, const nv_bfloat16* dresidual,
                       const nv_bfloat16* dout, const nv_bfloat16* x, const nv_bfloat16* w, const float* rstd, int N,
-                      int C, cudaStream_t stream) {
-  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream);
+                      int C, cudaStream_t stream, float* absmax) {
+  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream, absmax);
 }
 void rmsnorm_backward(nv_bfloat16* dx, float* dw, float* scratch, const nv_bfloat16* dresidual, const nv_bfloat16* dout,
-                      const nv_bfloat16* x, const nv_bfloat16* w, const float* rstd, int N, int C,
-                      cudaStream_t stream) {
-  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream);
+                      const nv_bfloat16* x, const nv_bfloat16* w, const float* rstd, int N, int C, cudaStream_t stream,
+                      float* absmax) {
+  launch_backward(dx, dw, scratch, dresidual, dout, x, w, rstd, N, C, stream, absmax);
 }
 
 }  // namespace llmq::kernels

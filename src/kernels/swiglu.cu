@@ -8,9 +8,16 @@
 //   Backward: dh[n, j]     = dout[n, j] * u * sigma * (1 + g * (1 - sigma))     (d/dg)
 //             dh[n, D + j] = dout[n, j] * silu(g)                                (d/du)
 // One thread per 16-byte vector of out / dout (and the matching gate and up vectors).
+// Abs-max (FP8 scales): given `absmax`, the launchers also fold max |v| over every element of out
+// (forward) or of dh, gate and up columns (backward), taken after rounding to the element type, into
+// *absmax (zeroed by the caller; only ever maxed into). The abs-max kernels run one wave of blocks (as
+// many as fit on the GPU at once) that loop with the grid's stride, each thread keeping a running max in a
+// register that its warp adds with one atomic at the end: about one atomic per resident warp, not one per
+// 32 vectors. Without absmax: one vector per thread and no loop, the kernels as before.
 // Requirements: D % 8 == 0 (our widths 4864 ... 27648 qualify), pointers 16-byte aligned.
 #include "kernels/swiglu.h"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/errors.h"
@@ -23,48 +30,77 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-template <typename T>
-__global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__ h, int D, long num_vecs) {
-  constexpr int K = Vec<T>::kSize;
-  const long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= num_vecs) return;
-  const int vecs_per_row = D / K;
-  const long n = idx / vecs_per_row;
-  const int j = static_cast<int>(idx % vecs_per_row) * K;
-  const Vec<T> gate = load_vec_stream(h + n * 2 * D + j);
-  const Vec<T> up = load_vec_stream(h + n * 2 * D + D + j);
-  Vec<T> o;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const float g = to_float(gate[k]);
-    o[k] = from_float<T>(g * sigmoid(g) * to_float(up[k]));
+// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
+// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN).
+__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
+  return max(bits, __float_as_uint(fabsf(v)));
+}
+
+// Runs vector(idx) for idx < num_vecs: once per thread without an abs-max (the grid covers num_vecs: no
+// loop, the kernel as it was), in a grid-stride loop with one (capped grid).
+template <bool kLoop, typename F>
+__device__ __forceinline__ void for_each_vector(long num_vecs, F&& vector) {
+  const long first = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (kLoop) {
+    for (long idx = first; idx < num_vecs; idx += static_cast<long>(gridDim.x) * blockDim.x) vector(idx);
+  } else if (first < num_vecs) {
+    vector(first);
   }
-  store_vec(out + n * D + j, o);
+}
+
+template <typename T, bool kAbsMax>
+__global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__ h, float* absmax, int D,
+                                      long num_vecs) {
+  constexpr int K = Vec<T>::kSize;
+  const int vecs_per_row = D / K;
+  unsigned int absmax_bits = 0;  // |out| of this thread's elements, see max_abs_bits
+  for_each_vector<kAbsMax>(num_vecs, [&](long idx) {
+    const long n = idx / vecs_per_row;
+    const int j = static_cast<int>(idx % vecs_per_row) * K;
+    const Vec<T> gate = load_vec_stream(h + n * 2 * D + j);
+    const Vec<T> up = load_vec_stream(h + n * 2 * D + D + j);
+    Vec<T> o;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const float g = to_float(gate[k]);
+      o[k] = from_float<T>(g * sigmoid(g) * to_float(up[k]));
+      if constexpr (kAbsMax) absmax_bits = max_abs_bits(absmax_bits, to_float(o[k]));
+    }
+    store_vec(out + n * D + j, o);
+  });
+  if constexpr (kAbsMax) atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
 }
 
 // dh may alias h: each element of h is read by the thread that writes it, before it writes.
-template <typename T>
-__global__ void swiglu_backward_kernel(T* dh, const T* __restrict__ dout, const T* h, int D, long num_vecs) {
+template <typename T, bool kAbsMax>
+__global__ void swiglu_backward_kernel(T* dh, const T* __restrict__ dout, const T* h, float* absmax, int D,
+                                       long num_vecs) {
   constexpr int K = Vec<T>::kSize;
-  const long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= num_vecs) return;
   const int vecs_per_row = D / K;
-  const long n = idx / vecs_per_row;
-  const int j = static_cast<int>(idx % vecs_per_row) * K;
-  const long gate_at = n * 2 * D + j, up_at = gate_at + D;
-  const Vec<T> gate = load_vec_stream(h + gate_at);
-  const Vec<T> up = load_vec_stream(h + up_at);
-  const Vec<T> d = load_vec_stream(dout + n * D + j);
-  Vec<T> dgate, dup;
+  unsigned int absmax_bits = 0;  // |dh| of this thread's elements, see max_abs_bits
+  for_each_vector<kAbsMax>(num_vecs, [&](long idx) {
+    const long n = idx / vecs_per_row;
+    const int j = static_cast<int>(idx % vecs_per_row) * K;
+    const long gate_at = n * 2 * D + j, up_at = gate_at + D;
+    const Vec<T> gate = load_vec_stream(h + gate_at);
+    const Vec<T> up = load_vec_stream(h + up_at);
+    const Vec<T> d = load_vec_stream(dout + n * D + j);
+    Vec<T> dgate, dup;
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const float g = to_float(gate[k]), u = to_float(up[k]), dy = to_float(d[k]);
-    const float sig = sigmoid(g);
-    dgate[k] = from_float<T>(dy * u * sig * (1.f + g * (1.f - sig)));
-    dup[k] = from_float<T>(dy * g * sig);
-  }
-  store_vec(dh + gate_at, dgate);
-  store_vec(dh + up_at, dup);
+    for (int k = 0; k < K; ++k) {
+      const float g = to_float(gate[k]), u = to_float(up[k]), dy = to_float(d[k]);
+      const float sig = sigmoid(g);
+      dgate[k] = from_float<T>(dy * u * sig * (1.f + g * (1.f - sig)));
+      dup[k] = from_float<T>(dy * g * sig);
+      if constexpr (kAbsMax) {
+        absmax_bits = max_abs_bits(absmax_bits, to_float(dgate[k]));
+        absmax_bits = max_abs_bits(absmax_bits, to_float(dup[k]));
+      }
+    }
+    store_vec(dh + gate_at, dgate);
+    store_vec(dh + up_at, dup);
+  });
+  if constexpr (kAbsMax) atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
 }
 
 void require_args(const char* op, const void* a, const void* b, const void* c, int N, int D) {
@@ -76,37 +112,60 @@ void require_args(const char* op, const void* a, const void* b, const void* c, i
   }
 }
 
+// Blocks of `threads` threads that fit on the current GPU at once (one wave): the abs-max grid, so that
+// every thread loops about equally often and only the resident warps flush an atomic.
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads) {
+  int device = 0, sms = 0, per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  return std::max(1, sms * per_sm);
+}
+
 template <typename T>
-void launch_forward(T* out, const T* h, int N, int D, cudaStream_t stream) {
+void launch_forward(T* out, const T* h, int N, int D, cudaStream_t stream, float* absmax) {
   require_args("swiglu_forward", out, h, h, N, D);
   const long num_vecs = static_cast<long>(N) * (D / Vec<T>::kSize);
-  swiglu_forward_kernel<T><<<ceil_div(num_vecs, kThreads), kThreads, 0, stream>>>(out, h, D, num_vecs);
+  const int blocks = ceil_div(num_vecs, kThreads);  // one vector per thread
+  if (absmax != nullptr) {
+    const int capped = std::min(blocks, resident_blocks(swiglu_forward_kernel<T, true>, kThreads));
+    swiglu_forward_kernel<T, true><<<capped, kThreads, 0, stream>>>(out, h, absmax, D, num_vecs);
+  } else {
+    swiglu_forward_kernel<T, false><<<blocks, kThreads, 0, stream>>>(out, h, nullptr, D, num_vecs);
+  }
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch_backward(T* dh, const T* dout, const T* h, int N, int D, cudaStream_t stream) {
+void launch_backward(T* dh, const T* dout, const T* h, int N, int D, cudaStream_t stream, float* absmax) {
   require_args("swiglu_backward", dh, dout, h, N, D);
   const long num_vecs = static_cast<long>(N) * (D / Vec<T>::kSize);
-  swiglu_backward_kernel<T><<<ceil_div(num_vecs, kThreads), kThreads, 0, stream>>>(dh, dout, h, D, num_vecs);
+  const int blocks = ceil_div(num_vecs, kThreads);  // one vector per thread
+  if (absmax != nullptr) {
+    const int capped = std::min(blocks, resident_blocks(swiglu_backward_kernel<T, true>, kThreads));
+    swiglu_backward_kernel<T, true><<<capped, kThreads, 0, stream>>>(dh, dout, h, absmax, D, num_vecs);
+  } else {
+    swiglu_backward_kernel<T, false><<<blocks, kThreads, 0, stream>>>(dh, dout, h, nullptr, D, num_vecs);
+  }
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
 
-void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream) {
-  launch_forward(out, h, N, D, stream);
+void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream, float* absmax) {
+  launch_forward(out, h, N, D, stream, absmax);
 }
-void swiglu_forward(nv_bfloat16* out, const nv_bfloat16* h, int N, int D, cudaStream_t stream) {
-  launch_forward(out, h, N, D, stream);
+void swiglu_forward(nv_bfloat16* out, const nv_bfloat16* h, int N, int D, cudaStream_t stream, float* absmax) {
+  launch_forward(out, h, N, D, stream, absmax);
 }
 
-void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D, cudaStream_t stream) {
-  launch_backward(dh, dout, h, N, D, stream);
+void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D, cudaStream_t stream, float* absmax) {
+  launch_backward(dh, dout, h, N, D, stream, absmax);
 }
-void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D,
-                     cudaStream_t stream) {
-  launch_backward(dh, dout, h, N, D, stream);
+void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D, cudaStream_t stream,
+                     float* absmax) {
+  launch_backward(dh, dout, h, N, D, stream, absmax);
 }
 
 }  // namespace llmq::kernels

@@ -2,6 +2,10 @@
 //
 // LAYOUT: h [N, 2D] holds the gate projection in columns [0, D) and the up projection in columns
 // [D, 2D) of every row (the fused gate_up matmul with weight rows gate_proj then up_proj).
+//
+// absmax (optional): one fp32 in device memory that the caller zeroes before the producing kernels run;
+// the kernel maxes into it |v| over every element it writes (out, or all 2D columns of dh), v taken after
+// rounding to the element type. A NaN written leaves NaN there. Null: no abs-max, no extra work.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -9,12 +13,15 @@
 namespace llmq::kernels {
 
 // out[n, j] = silu(h[n, j]) * h[n, D + j], out [N, D]. D % 8 == 0 required.
-void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream);
-void swiglu_forward(nv_bfloat16* out, const nv_bfloat16* h, int N, int D, cudaStream_t stream);
+void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream, float* absmax = nullptr);
+void swiglu_forward(nv_bfloat16* out, const nv_bfloat16* h, int N, int D, cudaStream_t stream,
+                    float* absmax = nullptr);
 
 // dh[n, j] = d out / d gate, dh[n, D + j] = d out / d up, given dout [N, D] and the forward input h.
 // dh may alias h (overwrites h with its gradient).
-void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D, cudaStream_t stream);
-void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D, cudaStream_t stream);
+void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D, cudaStream_t stream,
+                     float* absmax = nullptr);
+void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D, cudaStream_t stream,
+                     float* absmax = nullptr);
 
 }  // namespace llmq::kernels

@@ -36,6 +36,8 @@ std::unique_ptr<Model> build_model(const TrainOptions& opts) {
   m.model_dtype = opts.model_dtype;
   m.opt_m_dtype = opts.opt_m_dtype;
   m.opt_v_dtype = opts.opt_v_dtype;
+  m.matmul_dtype = opts.matmul_dtype;
+  m.gradient_dtype = opts.gradient_dtype;
   m.batch_size = opts.batch_size;
   m.seq_len = opts.seq_len;
   m.grad_accumulation = opts.grad_accumulation;
@@ -44,6 +46,16 @@ std::unique_ptr<Model> build_model(const TrainOptions& opts) {
   m.z_loss = static_cast<float>(opts.z_loss);
   m.init_proj_to_zero = opts.init_proj_to_zero;
   m.memory_limit = opts.memory_limit;
+  m.offload_opt_m = opts.offload_opt_m;
+  m.offload_opt_v = opts.offload_opt_v;
+  m.use_zero_copy = opts.use_zero_copy;
+  m.write_combined = opts.write_combined;
+  m.recompute.swiglu = opts.recompute_swiglu;
+  m.recompute.norm = opts.recompute_norm;
+  m.recompute.ffn = opts.recompute_ffn;
+  m.recompute.qkv = opts.recompute_qkv;
+  m.recompute.att = opts.recompute_att;
+  m.recompute.block = opts.recompute_block;
   return make_qwen_model(cfg, m, weights);
 }
 

@@ -1,10 +1,11 @@
 // QwenModel: construction, weight loading / random init, export and checkpoints.
-// The training step itself (forward, backward, optimizer) is in qwen_step.cpp.
+// The training step itself is in qwen_step.cpp (forward, backward) and qwen_optimizer.cpp (AdamW).
 #include "model/qwen_model.h"
 
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -18,6 +19,8 @@
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "model/moment_streamer.h"
+#include "model/fp8_linear.h"
 #include "model/qwen_util.h"
 
 namespace llmq {
@@ -36,11 +39,25 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   const std::int64_t P = layout_.total_elements();
   weights_ = alloc_.allocate("weights", element_dtype<T>(), {P}, MemCategory::Weights);
   grads_ = alloc_.allocate("gradients", element_dtype<T>(), {P}, MemCategory::Gradients);
-  adam_m_ = alloc_.allocate("adam m", opts.opt_m_dtype, {P}, MemCategory::AdamM);
-  adam_v_ = alloc_.allocate("adam v", opts.opt_v_dtype, {P}, MemCategory::AdamV);
-  for (const Tensor& t : {grads_, adam_m_, adam_v_}) LLMQ_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_));
+  const MemKind offload_kind = opts.write_combined ? MemKind::WriteCombined : MemKind::Pinned;
+  adam_m_ = alloc_.allocate("adam m", opts.opt_m_dtype, {P}, MemCategory::AdamM,
+                            opts.offload_opt_m ? offload_kind : MemKind::Device);
+  adam_v_ = alloc_.allocate("adam v", opts.opt_v_dtype, {P}, MemCategory::AdamV,
+                            opts.offload_opt_v ? offload_kind : MemKind::Device);
+  for (const Tensor& t : {grads_, adam_m_, adam_v_}) {
+    if (t.location == Location::Host)
+      std::memset(t.data, 0, t.bytes());
+    else
+      LLMQ_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_));
+  }
+  moments_ = std::make_unique<MomentStreamer>(alloc_, adam_m_, adam_v_, opts.use_zero_copy, opts.offload_chunk_elements);
 
-  run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks);
+  run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks,
+                                    opts.recompute);
+  if (opts.matmul_dtype == DType::E4M3) {
+    LLMQ_REQUIRE((std::is_same_v<T, nv_bfloat16>), "--matmul-dtype=e4m3 needs --model-dtype=bf16");
+    fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2);
+  }
 
   matmul_workspace_ = alloc_.allocate_bytes("cuBLASLt workspace", kernels::MatmulContext::kRecommendedWorkspaceBytes,
                                             MemCategory::Workspace);
@@ -168,12 +185,20 @@ void QwenModel<T>::export_gradients(const std::filesystem::path& file) const {
 
 namespace {
 constexpr const char* kCheckpointFile = "model_state.safetensors";
+
+// The bytes of a tensor in device or pinned host memory (offloaded Adam moments), once `stream` is done.
+std::vector<std::byte> tensor_bytes(const Tensor& t, cudaStream_t stream) {
+  std::vector<std::byte> host(t.bytes());
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+  LLMQ_CUDA_CHECK(cudaMemcpy(host.data(), t.data, t.bytes(), cudaMemcpyDefault));
+  return host;
 }
+}  // namespace
 
 template <typename T>
 void QwenModel<T>::save_checkpoint(const std::filesystem::path& dir) const {
-  std::vector<std::byte> w = download_bytes(weights_, stream_), m = download_bytes(adam_m_, stream_),
-                         v = download_bytes(adam_v_, stream_);
+  std::vector<std::byte> w = tensor_bytes(weights_, stream_), m = tensor_bytes(adam_m_, stream_),
+                         v = tensor_bytes(adam_v_, stream_);
   SafeTensorsWriter writer;
   const std::int64_t P = layout_.total_elements();
   writer.add("weights", weights_.dtype, {P}, w.data());
@@ -187,6 +212,7 @@ template <typename T>
 void QwenModel<T>::load_checkpoint(const std::filesystem::path& dir) {
   SafeTensorsFile file = SafeTensorsFile::open(dir / kCheckpointFile);
   const std::int64_t P = layout_.total_elements();
+  LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing may still read the tensors being replaced
   for (auto [name, tensor] : {std::pair<const char*, const Tensor*>{"weights", &weights_}, {"adam_m", &adam_m_},
                               {"adam_v", &adam_v_}}) {
     const SafeTensorInfo& info = file.get(name);
@@ -195,8 +221,9 @@ void QwenModel<T>::load_checkpoint(const std::filesystem::path& dir) {
                  dir.string(), name, dtype_name(info.dtype), info.shape_string(), dtype_name(tensor->dtype), P);
     std::vector<std::byte> host(tensor->bytes());
     read_into(info, host.data(), tensor->dtype, {P});
-    LLMQ_CUDA_CHECK(cudaMemcpy(tensor->data, host.data(), host.size(), cudaMemcpyHostToDevice));
+    LLMQ_CUDA_CHECK(cudaMemcpy(tensor->data, host.data(), host.size(), cudaMemcpyDefault));  // device or pinned
   }
+  if (fp8_) fp8_->mark_weights_changed();
 }
 
 template class QwenModel<float>;

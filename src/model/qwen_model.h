@@ -22,6 +22,8 @@ struct QwenModelOptions {
   DType model_dtype = DType::BF16;
   DType opt_m_dtype = DType::FP32;
   DType opt_v_dtype = DType::FP32;
+  DType matmul_dtype = DType::BF16;    // E4M3: FP8 block GEMMs (bf16 models only), see fp8_linear.h
+  DType gradient_dtype = DType::BF16;  // E5M2: FP8 activation-gradient GEMMs too
   int batch_size = 4;          // B
   int seq_len = 1024;          // T
   int grad_accumulation = 1;   // micro-batches per optimizer step (scales the loss gradient)
@@ -30,6 +32,14 @@ struct QwenModelOptions {
   float z_loss = 0.f;          // adds z_loss * logsumexp^2 to each token's loss
   bool init_proj_to_zero = false;  // random init: attention-out and MLP-down projections start at zero
   std::optional<std::size_t> memory_limit;
+  RecomputeOptions recompute;  // activations the backward pass recomputes (see run_state.h)
+  // Adam moments in pinned host memory (see moment_streamer.h): streamed through device staging
+  // buffers in chunks, or read and written in place by the AdamW kernel with use_zero_copy.
+  bool offload_opt_m = false;
+  bool offload_opt_v = false;
+  bool use_zero_copy = false;
+  bool write_combined = false;              // offloaded buffers are write-combined pinned memory
+  std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
 };
 
 // Builds the model: weights from `weights_path` (a safetensors file, index or directory) or, when
@@ -42,6 +52,9 @@ class MatmulContext;
 class AttentionContext;
 struct AdamWConfig;
 }  // namespace kernels
+class MomentStreamer;
+class Fp8Linear;
+enum class Fp8Slot : int;
 
 template <typename T>
 class QwenModel final : public Model {
@@ -71,11 +84,36 @@ class QwenModel final : public Model {
   // LM head + cross-entropy, chunked; with `backward` also d(final_out) and the LM head gradient.
   void lm_head_loss(bool backward, float grad_scale);
   void backward(const std::int32_t* host_inputs);
+  // Pieces of layer l's forward (data flow in run_state.h). forward() runs them all in order;
+  // recompute_layer() reruns, with the same kernels and arguments, those whose outputs the
+  // recompute plan dropped, so the recomputed values are bit-identical to the forward's.
+  // `save_rstd`: also write the rstd vector (the forward does, a recomputation keeps the forward's).
+  void ln1_forward(int l, bool save_rstd);                // residual[l] -> ln1_out
+  void qkv_forward(int l);                                // ln1_out -> qkv (GEMM + bias, RoPE)
+  void attention_forward(int l);                          // qkv -> att, att_lse
+  void attention_out_forward(int l, bool save_rstd);      // att -> residual_mid, ln2_out
+  void ln2_forward(int l, bool save_rstd);                // residual_mid -> ln2_out
+  void mlp_up_forward(int l);                             // ln2_out -> mlp_up
+  void swiglu_forward(int l);                             // mlp_up -> swiglu_out
+  void mlp_down_forward(int l);                           // swiglu_out -> residual[l+1], next ln1_out / final_out
+  void attention_block_forward(int l);
+  void mlp_block_forward(int l);
+  // Refills the shared (recomputed) activations of layer l before its backward.
+  void recompute_layer(int l);
   void upload_batch(const std::int32_t* inputs, const std::int32_t* targets);
   // Linear layer y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias) and its two gradients.
   void linear_forward(T* y, const T* x, const T* w, const T* bias, int rows, int in_f, int out_f);
   void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int rows, int in_f, int out_f);
-  void apply_adamw(int param, const kernels::AdamWConfig& config, const float* clip_scale);
+  void weight_gradient(T* dw, const T* dy, const T* x, int rows, int in_f, int out_f);
+  // Block linear layers (N rows) of parameter `param` in layer l: FP8 with --matmul-dtype=e4m3, the
+  // slot names the abs-max of the input (forward) or of dy (backward) that its producer recorded.
+  void block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l, int param, const T* bias, int in_f, int out_f);
+  void block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, int l, int param, int in_f, int out_f);
+  float* fp8_absmax(int l, Fp8Slot slot) const;
+  void prepare_fp8();  // re-quantizes changed weights, zeroes the abs-max slots
+  // AdamW on flat elements [begin, end) of parameter `param`; m and v address element `begin`.
+  void apply_adamw(int param, std::int64_t begin, std::int64_t end, void* m, void* v,
+                   const kernels::AdamWConfig& config, const float* clip_scale);
   void write_hf_tensors(const Tensor& flat, const std::filesystem::path& file, bool as_fp32) const;
 
   T* weight(int param) const;
@@ -93,6 +131,8 @@ class QwenModel final : public Model {
   std::size_t attention_workspace_bytes_ = 0;
 
   Tensor weights_, grads_, adam_m_, adam_v_;  // flat, see ParamLayout
+  std::unique_ptr<MomentStreamer> moments_;   // how the optimizer reaches adam_m_ / adam_v_
+  std::unique_ptr<Fp8Linear> fp8_;            // only with --matmul-dtype=e4m3
   std::unique_ptr<RunState> run_;
   Tensor rope_table_;                         // float2 [T, Hs/2]
   Tensor embedding_plan_;                     // int32, see kernels/embedding.h

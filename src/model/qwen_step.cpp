@@ -1,6 +1,7 @@
 // QwenModel: one training step. Forward through all layers keeping the activations the backward
-// needs (see run_state.h for the data flow), the chunked LM head + cross-entropy, the backward
-// pass in reverse, and the AdamW update with global-norm clipping.
+// needs (see run_state.h for the data flow and the recompute plan), the chunked LM head +
+// cross-entropy, the backward pass in reverse (each layer first recomputes what the plan dropped),
+// and the AdamW update with global-norm clipping.
 #include <cuda_bf16.h>
 
 #include <cmath>
@@ -15,6 +16,8 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/swiglu.h"
+#include "kernels/quantize.h"
+#include "model/fp8_linear.h"
 #include "model/qwen_model.h"
 #include "model/qwen_util.h"
 
@@ -33,9 +36,50 @@ void QwenModel<T>::linear_backward(T* dx, T* dw, const T* dy, const T* x, const 
   // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f]
   k::matmul(*matmul_, dx, element_dtype<T>(), dy, w, element_dtype<T>(), rows, in_f, out_f, false, false, 1.f, false,
             nullptr, stream_);
+  weight_gradient(dw, dy, x, rows, in_f, out_f);
+}
+
+template <typename T>
+void QwenModel<T>::weight_gradient(T* dw, const T* dy, const T* x, int rows, int in_f, int out_f) {
   // dW[out_f, in_f] += dy^T @ x
   k::matmul(*matmul_, dw, element_dtype<T>(), dy, x, element_dtype<T>(), out_f, in_f, rows, true, false, 1.f, true,
             nullptr, stream_);
+}
+
+// Linear layers of the blocks: FP8 when --matmul-dtype=e4m3 (see fp8_linear.h), else as above.
+template <typename T>
+void QwenModel<T>::block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l, int param, const T* bias, int in_f,
+                                        int out_f) {
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    if (fp8_) {
+      fp8_->forward(*matmul_, y, x, fp8_->absmax(l, x_slot), param, bias, run_->N, in_f, out_f, stream_);
+      return;
+    }
+  }
+  linear_forward(y, x, weight(param), bias, run_->N, in_f, out_f);
+}
+
+template <typename T>
+void QwenModel<T>::block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, int l, int param, int in_f,
+                                         int out_f) {
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    if (fp8_ && fp8_->fp8_dgrad()) {
+      fp8_->backward_data(*matmul_, dx, dy, fp8_->absmax(l, dy_slot), param, run_->N, in_f, out_f, stream_);
+      weight_gradient(grad(param), dy, x, run_->N, in_f, out_f);
+      return;
+    }
+  }
+  linear_backward(dx, grad(param), dy, x, weight(param), run_->N, in_f, out_f);
+}
+
+// Abs-max slot a producing kernel fills for the FP8 GEMM that reads its output; null (no extra
+// work in the kernel) when that GEMM is not FP8.
+template <typename T>
+float* QwenModel<T>::fp8_absmax(int l, Fp8Slot slot) const {
+  if (!fp8_ || l < 0 || l >= cfg_.num_layers) return nullptr;
+  const bool backward_slot = static_cast<int>(slot) >= static_cast<int>(Fp8Slot::DResMlp);
+  if (backward_slot && !fp8_->fp8_dgrad()) return nullptr;
+  return fp8_->absmax(l, slot);
 }
 
 template <typename T>
@@ -45,44 +89,137 @@ void QwenModel<T>::upload_batch(const std::int32_t* inputs, const std::int32_t* 
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(run_->targets.data, targets, bytes, cudaMemcpyHostToDevice, stream_));
 }
 
+// ---- forward pieces of layer l (shared by forward and recompute_layer) -------------------------
+
+template <typename T>
+void QwenModel<T>::ln1_forward(int l, bool save_rstd) {
+  LayerActivations& a = run_->layers[l];
+  k::rmsnorm_forward(a.ln1_out.get<T>(), save_rstd ? a.ln1_rstd.get<float>() : nullptr, run_->residual[l].get<T>(),
+                     weight(layout_.layer(l).ln1_w), static_cast<float>(cfg_.rms_norm_eps), run_->N, cfg_.hidden_size,
+                     stream_, fp8_absmax(l, Fp8Slot::Ln1Out));
+}
+
+template <typename T>
+void QwenModel<T>::qkv_forward(int l) {
+  const RunState& r = *run_;
+  const LayerParamIds& p = layout_.layer(l);
+  T* qkv = r.layers[l].qkv.get<T>();
+  block_linear_forward(qkv, r.layers[l].ln1_out.get<T>(), Fp8Slot::Ln1Out, l, p.qkv_w,
+                       p.qkv_b >= 0 ? weight(p.qkv_b) : nullptr, cfg_.hidden_size, cfg_.qkv_channels());
+  k::rope_forward(qkv, qkv, reinterpret_cast<const float2*>(rope_table_.data), r.B, r.T, cfg_.num_query_heads,
+                  cfg_.num_kv_heads, cfg_.head_size, stream_);
+}
+
+template <typename T>
+void QwenModel<T>::attention_forward(int l) {
+  const RunState& r = *run_;
+  const LayerActivations& a = r.layers[l];
+  const int Hq = cfg_.num_query_heads, Hkv = cfg_.num_kv_heads, Hs = cfg_.head_size;
+  if constexpr (std::is_same_v<T, nv_bfloat16>)
+    attention_->forward(a.att.data, a.att_lse.get<float>(), a.qkv.data, r.B, r.T, Hq, Hkv, Hs, attention_workspace_,
+                        attention_workspace_bytes_, stream_);
+  else
+    k::attention_forward_fp32(a.att.get<float>(), a.att_lse.get<float>(), a.qkv.get<float>(), r.B, r.T, Hq, Hkv, Hs,
+                              stream_);
+  // cuDNN cannot report the abs-max of its output: one extra read of att for the FP8 out-projection.
+  if (float* absmax = fp8_absmax(l, Fp8Slot::Att)) k::abs_max(absmax, a.att.get<T>(), a.att.numel(), stream_);
+}
+
+template <typename T>
+void QwenModel<T>::attention_out_forward(int l, bool save_rstd) {
+  const RunState& r = *run_;
+  const LayerParamIds& p = layout_.layer(l);
+  const LayerActivations& a = r.layers[l];
+  const int C = cfg_.hidden_size;
+  block_linear_forward(r.proj_out.get<T>(), a.att.get<T>(), Fp8Slot::Att, l, p.att_out_w, nullptr,
+                       cfg_.q_channels(), C);
+  k::fused_residual_rmsnorm_forward(a.residual_mid.get<T>(), a.ln2_out.get<T>(),
+                                    save_rstd ? a.ln2_rstd.get<float>() : nullptr, r.residual[l].get<T>(),
+                                    r.proj_out.get<T>(), weight(p.ln2_w), static_cast<float>(cfg_.rms_norm_eps), r.N,
+                                    C, stream_, fp8_absmax(l, Fp8Slot::Ln2Out));
+}
+
+template <typename T>
+void QwenModel<T>::ln2_forward(int l, bool save_rstd) {
+  const LayerActivations& a = run_->layers[l];
+  k::rmsnorm_forward(a.ln2_out.get<T>(), save_rstd ? a.ln2_rstd.get<float>() : nullptr, a.residual_mid.get<T>(),
+                     weight(layout_.layer(l).ln2_w), static_cast<float>(cfg_.rms_norm_eps), run_->N, cfg_.hidden_size,
+                     stream_, fp8_absmax(l, Fp8Slot::Ln2Out));
+}
+
+template <typename T>
+void QwenModel<T>::mlp_up_forward(int l) {
+  const LayerActivations& a = run_->layers[l];
+  block_linear_forward(a.mlp_up.get<T>(), a.ln2_out.get<T>(), Fp8Slot::Ln2Out, l, layout_.layer(l).mlp_up_w, nullptr,
+                       cfg_.hidden_size, 2 * cfg_.intermediate_size);
+}
+
+template <typename T>
+void QwenModel<T>::swiglu_forward(int l) {
+  const LayerActivations& a = run_->layers[l];
+  k::swiglu_forward(a.swiglu_out.get<T>(), a.mlp_up.get<T>(), run_->N, cfg_.intermediate_size, stream_,
+                    fp8_absmax(l, Fp8Slot::SwigluOut));
+}
+
+template <typename T>
+void QwenModel<T>::mlp_down_forward(int l) {
+  const RunState& r = *run_;
+  const LayerActivations& a = r.layers[l];
+  const int C = cfg_.hidden_size;
+  block_linear_forward(r.proj_out.get<T>(), a.swiglu_out.get<T>(), Fp8Slot::SwigluOut, l, layout_.layer(l).mlp_down_w,
+                       nullptr, cfg_.intermediate_size, C);
+  // The residual add is fused with the next norm: layer l+1's ln1, or the final norm after the last layer.
+  const bool last = l + 1 == cfg_.num_layers;
+  T* next_norm_out = last ? r.final_out.get<T>() : r.layers[l + 1].ln1_out.get<T>();
+  float* next_rstd = last ? r.final_rstd.get<float>() : r.layers[l + 1].ln1_rstd.get<float>();
+  const T* next_norm_w = last ? weight(layout_.final_norm()) : weight(layout_.layer(l + 1).ln1_w);
+  k::fused_residual_rmsnorm_forward(r.residual[l + 1].get<T>(), next_norm_out, next_rstd, a.residual_mid.get<T>(),
+                                    r.proj_out.get<T>(), next_norm_w, static_cast<float>(cfg_.rms_norm_eps), r.N, C,
+                                    stream_, fp8_absmax(l + 1, Fp8Slot::Ln1Out));
+}
+
+template <typename T>
+void QwenModel<T>::attention_block_forward(int l) {
+  qkv_forward(l);
+  attention_forward(l);
+  attention_out_forward(l, /*save_rstd=*/true);
+}
+
+template <typename T>
+void QwenModel<T>::mlp_block_forward(int l) {
+  mlp_up_forward(l);
+  swiglu_forward(l);
+  mlp_down_forward(l);
+}
+
 template <typename T>
 void QwenModel<T>::forward(const std::int32_t* host_inputs) {
   RunState& r = *run_;
-  const int N = r.N, C = cfg_.hidden_size, D = cfg_.intermediate_size, L = cfg_.num_layers;
-  const int Hq = cfg_.num_query_heads, Hkv = cfg_.num_kv_heads, Hs = cfg_.head_size;
-  const float eps = static_cast<float>(cfg_.rms_norm_eps);
-  const float2* rope = reinterpret_cast<const float2*>(rope_table_.data);
-
-  k::embedding_forward(r.residual[0].get<T>(), r.inputs.get<std::int32_t>(), weight(layout_.embedding()), N,
-                       cfg_.vocab_size, C, stream_);
-  k::rmsnorm_forward(r.layers[0].ln1_out.get<T>(), r.layers[0].ln1_rstd.get<float>(), r.residual[0].get<T>(),
-                     weight(layout_.layer(0).ln1_w), eps, N, C, stream_);
-  for (int l = 0; l < L; ++l) {
-    const LayerParamIds& p = layout_.layer(l);
-    LayerActivations& a = r.layers[l];
-    T* qkv = a.qkv.get<T>();
-    linear_forward(qkv, a.ln1_out.get<T>(), weight(p.qkv_w), p.qkv_b >= 0 ? weight(p.qkv_b) : nullptr, N, C,
-                   cfg_.qkv_channels());
-    k::rope_forward(qkv, qkv, rope, r.B, r.T, Hq, Hkv, Hs, stream_);
-    if constexpr (std::is_same_v<T, nv_bfloat16>)
-      attention_->forward(a.att.data, a.att_lse.get<float>(), qkv, r.B, r.T, Hq, Hkv, Hs, attention_workspace_,
-                          attention_workspace_bytes_, stream_);
-    else
-      k::attention_forward_fp32(a.att.get<float>(), a.att_lse.get<float>(), qkv, r.B, r.T, Hq, Hkv, Hs, stream_);
-    linear_forward(r.proj_out.get<T>(), a.att.get<T>(), weight(p.att_out_w), nullptr, N, cfg_.q_channels(), C);
-    k::fused_residual_rmsnorm_forward(a.residual_mid.get<T>(), a.ln2_out.get<T>(), a.ln2_rstd.get<float>(),
-                                      r.residual[l].get<T>(), r.proj_out.get<T>(), weight(p.ln2_w), eps, N, C,
-                                      stream_);
-    linear_forward(a.mlp_up.get<T>(), a.ln2_out.get<T>(), weight(p.mlp_up_w), nullptr, N, C, 2 * D);
-    k::swiglu_forward(a.swiglu_out.get<T>(), a.mlp_up.get<T>(), N, D, stream_);
-    linear_forward(r.proj_out.get<T>(), a.swiglu_out.get<T>(), weight(p.mlp_down_w), nullptr, N, D, C);
-    const bool last = l + 1 == L;
-    T* next_norm_out = last ? r.final_out.get<T>() : r.layers[l + 1].ln1_out.get<T>();
-    float* next_rstd = last ? r.final_rstd.get<float>() : r.layers[l + 1].ln1_rstd.get<float>();
-    const T* next_norm_w = last ? weight(layout_.final_norm()) : weight(layout_.layer(l + 1).ln1_w);
-    k::fused_residual_rmsnorm_forward(r.residual[l + 1].get<T>(), next_norm_out, next_rstd, a.residual_mid.get<T>(),
-                                      r.proj_out.get<T>(), next_norm_w, eps, N, C, stream_);
+  k::embedding_forward(r.residual[0].get<T>(), r.inputs.get<std::int32_t>(), weight(layout_.embedding()), r.N,
+                       cfg_.vocab_size, cfg_.hidden_size, stream_);
+  ln1_forward(0, /*save_rstd=*/true);  // later layers' ln1 is fused into the previous layer's residual add
+  for (int l = 0; l < cfg_.num_layers; ++l) {
+    attention_block_forward(l);
+    mlp_block_forward(l);
   }
+}
+
+// Refills, in forward order, what the recompute plan shares across layers; the rstd vectors are
+// always kept, so no recomputation rewrites them. For l > 0, ln1_out came from the fused add + norm of
+// layer l-1; the plain rmsnorm over the stored residual[l] gives the same bits (the fused kernel
+// rounds the sum to the element type before normalising it).
+template <typename T>
+void QwenModel<T>::recompute_layer(int l) {
+  const RecomputeOptions& rc = run_->recompute;
+  if (rc.norm) ln1_forward(l, /*save_rstd=*/false);
+  if (rc.qkv) qkv_forward(l);
+  if (rc.att) attention_forward(l);
+  if (rc.block)
+    attention_out_forward(l, /*save_rstd=*/false);  // residual_mid and ln2_out
+  else if (rc.norm)
+    ln2_forward(l, /*save_rstd=*/false);
+  if (rc.ffn) mlp_up_forward(l);
+  if (rc.swiglu) swiglu_forward(l);
 }
 
 template <typename T>
@@ -115,21 +252,22 @@ void QwenModel<T>::backward(const std::int32_t* host_inputs) {
   // Final norm: d_ln holds d(final_out) from the LM head.
   k::rmsnorm_backward(d_res, grad(layout_.final_norm()), scratch, static_cast<const T*>(nullptr), r.d_ln.get<T>(),
                       r.residual[cfg_.num_layers].get<T>(), weight(layout_.final_norm()), r.final_rstd.get<float>(),
-                      N, C, stream_);
+                      N, C, stream_, fp8_absmax(cfg_.num_layers - 1, Fp8Slot::DResMlp));
   for (int l = cfg_.num_layers - 1; l >= 0; --l) {
+    recompute_layer(l);
     const LayerParamIds& p = layout_.layer(l);
     LayerActivations& a = r.layers[l];
     // MLP: d_res is the gradient of residual[l+1] = residual_mid + down(swiglu(up(ln2)))
-    linear_backward(r.d_swiglu.get<T>(), grad(p.mlp_down_w), d_res, a.swiglu_out.get<T>(), weight(p.mlp_down_w), N,
-                    D, C);
-    k::swiglu_backward(r.d_mlp_up.get<T>(), r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_);
-    linear_backward(r.d_ln.get<T>(), grad(p.mlp_up_w), r.d_mlp_up.get<T>(), a.ln2_out.get<T>(), weight(p.mlp_up_w),
-                    N, C, 2 * D);
+    block_linear_backward(r.d_swiglu.get<T>(), d_res, Fp8Slot::DResMlp, a.swiglu_out.get<T>(), l, p.mlp_down_w, D, C);
+    k::swiglu_backward(r.d_mlp_up.get<T>(), r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_,
+                       fp8_absmax(l, Fp8Slot::DMlpUp));
+    block_linear_backward(r.d_ln.get<T>(), r.d_mlp_up.get<T>(), Fp8Slot::DMlpUp, a.ln2_out.get<T>(), l, p.mlp_up_w, C,
+                          2 * D);
     k::rmsnorm_backward(d_res, grad(p.ln2_w), scratch, d_res, r.d_ln.get<T>(), a.residual_mid.get<T>(),
-                        weight(p.ln2_w), a.ln2_rstd.get<float>(), N, C, stream_);
+                        weight(p.ln2_w), a.ln2_rstd.get<float>(), N, C, stream_, fp8_absmax(l, Fp8Slot::DResAtt));
     // Attention: d_res is now the gradient of residual_mid = residual[l] + att_out(att)
-    linear_backward(r.d_att.get<T>(), grad(p.att_out_w), d_res, a.att.get<T>(), weight(p.att_out_w), N,
-                    cfg_.q_channels(), C);
+    block_linear_backward(r.d_att.get<T>(), d_res, Fp8Slot::DResAtt, a.att.get<T>(), l, p.att_out_w, cfg_.q_channels(),
+                          C);
     T* d_qkv = r.d_qkv.get<T>();
     if constexpr (std::is_same_v<T, nv_bfloat16>)
       attention_->backward(d_qkv, r.d_att.data, a.att.data, a.att_lse.get<float>(), a.qkv.data, r.B, r.T, Hq, Hkv, Hs,
@@ -137,18 +275,26 @@ void QwenModel<T>::backward(const std::int32_t* host_inputs) {
     else
       k::attention_backward_fp32(d_qkv, r.d_att.get<float>(), a.att.get<float>(), a.att_lse.get<float>(),
                                  a.qkv.get<float>(), r.B, r.T, Hq, Hkv, Hs, stream_);
-    k::rope_backward(d_qkv, d_qkv, rope, r.B, r.T, Hq, Hkv, Hs, stream_);
+    k::rope_backward(d_qkv, d_qkv, rope, r.B, r.T, Hq, Hkv, Hs, stream_, fp8_absmax(l, Fp8Slot::DQkv));
     if (p.qkv_b >= 0) k::bias_backward(grad(p.qkv_b), d_qkv, N, cfg_.qkv_channels(), scratch, stream_);
-    linear_backward(r.d_ln.get<T>(), grad(p.qkv_w), d_qkv, a.ln1_out.get<T>(), weight(p.qkv_w), N, C,
-                    cfg_.qkv_channels());
+    block_linear_backward(r.d_ln.get<T>(), d_qkv, Fp8Slot::DQkv, a.ln1_out.get<T>(), l, p.qkv_w, C, cfg_.qkv_channels());
     k::rmsnorm_backward(d_res, grad(p.ln1_w), scratch, d_res, r.d_ln.get<T>(), r.residual[l].get<T>(),
-                        weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_);
+                        weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_, fp8_absmax(l - 1, Fp8Slot::DResMlp));
   }
   host_plan_ = k::make_embedding_backward_plan(host_inputs, N).data;
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(embedding_plan_.data, host_plan_.data(), host_plan_.size() * sizeof(std::int32_t),
                                   cudaMemcpyHostToDevice, stream_));
   k::embedding_backward(grad(layout_.embedding()), d_res, embedding_plan_.get<std::int32_t>(), N, cfg_.vocab_size, C,
                         stream_);
+}
+
+template <typename T>
+void QwenModel<T>::prepare_fp8() {
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    if (!fp8_) return;
+    fp8_->prepare_weights(weights_.get<T>(), stream_);
+    fp8_->begin_micro_step(stream_);
+  }
 }
 
 namespace {
@@ -169,6 +315,7 @@ void QwenModel<T>::forward_backward(const std::int32_t* inputs, const std::int32
   // accumulation of per-micro-batch mean losses divided by the accumulation count).
   const float grad_scale = valid ? 1.f / (static_cast<float>(valid) * opts_.grad_accumulation) : 0.f;
   upload_batch(inputs, targets);
+  prepare_fp8();
   forward(inputs);
   lm_head_loss(/*backward=*/true, grad_scale);
   k::loss_sum(run_->losses.get<float>(), run_->targets.get<std::int32_t>(), run_->N,
@@ -178,65 +325,10 @@ void QwenModel<T>::forward_backward(const std::int32_t* inputs, const std::int32
 }
 
 template <typename T>
-void QwenModel<T>::apply_adamw(int param, const kernels::AdamWConfig& config, const float* clip_scale) {
-  const ParamSpec& p = layout_[param];
-  const std::size_t n = static_cast<std::size_t>(p.numel());
-  T* w = weight(param);
-  const T* g = grad(param);
-  auto run = [&](auto* m, auto* v) { k::adamw_update(w, g, m, v, n, config, clip_scale, nullptr, stream_); };
-  const bool m32 = adam_m_.dtype == DType::FP32, v32 = adam_v_.dtype == DType::FP32;
-  float* m_f = adam_m_.get<float>() + (m32 ? p.offset : 0);
-  float* v_f = adam_v_.get<float>() + (v32 ? p.offset : 0);
-  nv_bfloat16* m_b = reinterpret_cast<nv_bfloat16*>(adam_m_.data) + p.offset;
-  nv_bfloat16* v_b = reinterpret_cast<nv_bfloat16*>(adam_v_.data) + p.offset;
-  if (m32 && v32) run(m_f, v_f);
-  else if (m32) run(m_f, v_b);
-  else if (v32) run(m_b, v_f);
-  else run(m_b, v_b);
-}
-
-template <typename T>
-StepResult QwenModel<T>::optimizer_step(const AdamWSettings& s, int step) {
-  LLMQ_REQUIRE(step >= 1, "optimizer steps count from 1");
-  float* stats = step_stats_.get<float>();
-  float* partials = reinterpret_cast<float*>(norm_partials_.data);
-  k::global_norm_squares(grads_.get<T>(), static_cast<std::size_t>(grads_.numel()), partials, 0, stream_);
-  k::global_norm_finish(partials, 1, s.grad_clip, stats + 0, stats + 1, stream_);
-  for (std::size_t i = 0; i < layout_.params().size(); ++i) {
-    const ParamSpec& p = layout_.params()[i];
-    k::AdamWConfig config;
-    config.lr = s.learning_rate;
-    config.beta1 = s.beta1;
-    config.beta2 = s.beta2;
-    config.eps = s.epsilon;
-    config.weight_decay = p.weight_decay ? s.weight_decay : 0.f;
-    config.step = step;
-    config.seed = param_seed(opts_.seed ^ (static_cast<std::uint64_t>(step) << 32), i);
-    apply_adamw(static_cast<int>(i), config, stats + 1);
-  }
-  LLMQ_CUDA_CHECK(cudaMemsetAsync(grads_.data, 0, grads_.bytes(), stream_));
-
-  std::vector<float> host(static_cast<std::size_t>(step_stats_.numel()));
-  LLMQ_CUDA_CHECK(cudaMemcpyAsync(host.data(), stats, step_stats_.bytes(), cudaMemcpyDeviceToHost, stream_));
-  LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  StepResult result;
-  result.grad_norm = host[0];
-  double loss = 0;
-  int counted = 0;
-  for (int m = 0; m < opts_.grad_accumulation; ++m) {
-    if (micro_valid_[m] > 0) {
-      loss += host[2 + m] / micro_valid_[m];
-      ++counted;
-    }
-  }
-  result.loss = counted ? static_cast<float>(loss / counted) : 0.f;
-  return result;
-}
-
-template <typename T>
 float QwenModel<T>::evaluate(const std::int32_t* inputs, const std::int32_t* targets) {
   const int valid = count_valid(targets, run_->N);
   upload_batch(inputs, targets);
+  prepare_fp8();
   forward(inputs);
   lm_head_loss(/*backward=*/false, 0.f);
   float* loss_sum = step_stats_.get<float>() + 1;  // the clip scale slot is free between steps

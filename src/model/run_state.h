@@ -1,4 +1,5 @@
-// Activation and scratch buffers of one GPU for micro-batches of B x T tokens, allocated once.
+// Activation and scratch buffers of one GPU for micro-batches of B x T tokens, planned and allocated
+// once from the recompute flags.
 //
 // Forward data flow of layer l (N = B*T rows; fused kernels in brackets):
 //   ln1_out, ln1_rstd      = rmsnorm(residual[l])           [fused with the previous layer's add]
@@ -10,8 +11,19 @@
 //   swiglu_out             = silu(gate) * up
 //   residual[l+1], next ln1 (or final_out for the last layer)
 //                          = rmsnorm(residual_mid[l] + swiglu_out @ mlp_down_w^T)
-// Everything the backward pass reads is kept per layer; gradients flowing backward use one set of
-// buffers shared by all layers.
+//
+// Recomputation: a tensor the backward pass recomputes is allocated ONCE and every layer's entry in
+// `layers` points at that one buffer (forward overwrites it layer after layer, the backward pass
+// refills it for layer l just before layer l's backward). Everything else is kept per layer.
+//   flag     dropped (shared) tensors              recomputed in backward from
+//   swiglu   swiglu_out                            mlp_up
+//   ffn      mlp_up, swiglu_out                    ln2_out (up-projection GEMM, SwiGLU)
+//   norm     ln1_out, ln2_out                      residual[l], residual_mid (rmsnorm; rstd is kept)
+//   qkv      qkv                                   ln1_out (QKV GEMM + bias, RoPE)
+//   att      att, att_lse (and qkv)                qkv (attention forward)
+//   block    all of the above and residual_mid     residual[l] (attention-out GEMM + fused add + norm)
+// The rstd vectors (fp32 [N], under 0.5% of a layer) and residual[0..L] are always kept per layer.
+// Gradients flowing backward use one set of buffers shared by all layers.
 #pragma once
 #include <vector>
 
@@ -20,6 +32,20 @@
 #include "model/config.h"
 
 namespace llmq {
+
+// Which activations the backward pass recomputes instead of keeping (--recompute-* flags).
+struct RecomputeOptions {
+  bool swiglu = false;
+  bool norm = false;
+  bool ffn = false;    // implies swiglu
+  bool qkv = false;
+  bool att = false;    // implies qkv
+  bool block = false;  // implies att, ffn and norm
+
+  // The same set with the implications applied (block => att + ffn + norm, att => qkv, ffn => swiglu).
+  RecomputeOptions resolved() const;
+  bool any() const { return swiglu || norm || ffn || qkv || att || block; }
+};
 
 struct LayerActivations {
   Tensor ln1_out, ln1_rstd;      // [N, C], fp32 [N]
@@ -32,12 +58,15 @@ struct LayerActivations {
 };
 
 struct RunState {
-  RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks);
+  // `recompute` is resolved (implications applied) before planning.
+  RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks,
+           const RecomputeOptions& recompute = {});
 
   int B, T, N;
   int lmhead_rows;                 // rows of logits materialised at once
+  RecomputeOptions recompute;      // resolved
   std::vector<Tensor> residual;    // L+1 tensors [N, C]: residual[l] is the input of layer l
-  std::vector<LayerActivations> layers;
+  std::vector<LayerActivations> layers;  // recomputed entries alias one buffer across layers
   Tensor final_out, final_rstd;    // [N, C], fp32 [N]
 
   // Forward scratch (not needed by backward).

@@ -41,24 +41,13 @@ constexpr FeatureGate kFeatureGates[] = {
     {"--all-to-all-reduce", "", false, 0, [](const TrainOptions& o) { return o.all_to_all_reduce; }},
     // offloading
     {"--offload-master", "", false, 5, [](const TrainOptions& o) { return o.offload_master; }},
-    {"--offload-opt-m", "", false, 5, [](const TrainOptions& o) { return o.offload_opt_m; }},
-    {"--offload-opt-v", "", false, 5, [](const TrainOptions& o) { return o.offload_opt_v; }},
     {"--offload-gradients", "", false, 5, [](const TrainOptions& o) { return o.offload_gradients; }},
     {"--offload-residual", "", false, 5, [](const TrainOptions& o) { return o.offload_residual; }},
     {"--offload-quants", "", false, 5, [](const TrainOptions& o) { return o.offload_quants; }},
     {"--persistent-quants", "", false, 5, [](const TrainOptions& o) { return o.persistent_quants; }},
-    {"--use-zero-copy", "", false, 5, [](const TrainOptions& o) { return o.use_zero_copy; }},
-    {"--write-combined", "", false, 5, [](const TrainOptions& o) { return o.write_combined; }},
-    // activation recomputation
-    {"--recompute-block", "", false, 5, [](const TrainOptions& o) { return o.recompute_block; }},
-    {"--recompute-att", "", false, 5, [](const TrainOptions& o) { return o.recompute_att; }},
-    {"--recompute-ffn", "", false, 5, [](const TrainOptions& o) { return o.recompute_ffn; }},
-    {"--recompute-qkv", "", false, 5, [](const TrainOptions& o) { return o.recompute_qkv; }},
-    {"--recompute-norm", "", false, 5, [](const TrainOptions& o) { return o.recompute_norm; }},
-    {"--recompute-swiglu", "", false, 5, [](const TrainOptions& o) { return o.recompute_swiglu; }},
     // numerics
-    {"--matmul-dtype", "e4m3", false, 4, [](const TrainOptions& o) { return o.matmul_dtype == DType::E4M3; }},
-    {"--gradient-dtype", "e5m2", false, 4, [](const TrainOptions& o) { return o.gradient_dtype == DType::E5M2; }},
+    {"--matmul-dtype", "e4m3", true, 0, [](const TrainOptions& o) { return o.matmul_dtype == DType::E4M3; }},
+    {"--gradient-dtype", "e5m2", true, 0, [](const TrainOptions& o) { return o.gradient_dtype == DType::E5M2; }},
     {"--z-loss", "!= 0", true, 0, [](const TrainOptions& o) { return o.z_loss != 0; }},
     {"--init-proj-to-zero", "", true, 0, [](const TrainOptions& o) { return o.init_proj_to_zero; }},
     {"--custom-matmul", "", false, 0, [](const TrainOptions& o) { return o.custom_matmul; }},
@@ -371,6 +360,8 @@ void require_at_least(const char* flag, long value, long min, const char* meanin
 void validate(const TrainOptions& o) {
   LLMQ_REQUIRE(!(o.model_dtype == DType::BF16 && o.matmul_dtype == DType::FP32),
                "--matmul-dtype fp32 is wider than --model-dtype bf16: use --matmul-dtype bf16 or --model-dtype fp32");
+  LLMQ_REQUIRE(o.matmul_dtype != DType::E4M3 || o.model_dtype == DType::BF16,
+               "--matmul-dtype e4m3 needs --model-dtype bf16 (FP8 GEMMs read bf16 weights and activations)");
   LLMQ_REQUIRE(o.gradient_dtype != DType::E5M2 || o.matmul_dtype == DType::E4M3,
                "--gradient-dtype e5m2 needs fp8 matmuls: add --matmul-dtype e4m3 or use --gradient-dtype bf16");
   require_at_least("--batch", o.batch_size, 1);

@@ -1,6 +1,7 @@
 // AdamW (src/kernels/adamw.cu) against a double CPU loop that mirrors the head comment, for fp32
 // and bf16 storage of params / grads / m / v; stochastic rounding checked for unbiasedness and
-// bit-reproducibility; the bf16 copy of fp32 master weights checked bit-exactly.
+// bit-reproducibility (also when a tensor is updated in slices); the bf16 copy of fp32 master
+// weights checked bit-exactly.
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -216,6 +217,48 @@ TEST(AdamW, Bf16StochasticRoundingIsDeterministic) {
   EXPECT_GT(differing, a.size() / 20) << "another seed should change a good share of the roundings";
 }
 
+// A tensor updated in slices (index_offset = slice start) gets the same bits as one update of the
+// whole: the rounding hash sees tensor indices. Slice starts not multiples of 8 also take the
+// element path for misaligned pointers.
+TEST(AdamW, Bf16SlicedUpdateMatchesWholeBitExactly) {
+  const std::size_t n = 10007;
+  const auto p0 = to_bf16(random_floats(n, 21, -1.f, 1.f));
+  const auto g0 = to_bf16(random_normal(n, 22, 0.02f));
+  const auto m0 = to_bf16(random_normal(n, 23, 0.01f));
+  const auto v0 = to_bf16(random_floats(n, 24, 1e-6f, 1e-4f));
+  auto run = [&](const std::vector<std::size_t>& cuts) {
+    DeviceBuffer<nv_bfloat16> p(p0), g(g0), m(m0), v(v0);
+    AdamWConfig c = test_config();
+    c.step = 2;
+    for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
+      c.index_offset = cuts[i];
+      kernels::adamw_update(p.get() + cuts[i], static_cast<const nv_bfloat16*>(g.get() + cuts[i]), m.get() + cuts[i],
+                            v.get() + cuts[i], cuts[i + 1] - cuts[i], c, nullptr, nullptr, nullptr);
+    }
+    sync_and_check();
+    std::vector<nv_bfloat16> all = p.download();
+    for (auto* b : {&m, &v}) {
+      const auto part = b->download();
+      all.insert(all.end(), part.begin(), part.end());
+    }
+    return all;
+  };
+  const auto whole = run({0, n});
+  const auto sliced = run({0, 1003, 1011, 4096, n});
+  ASSERT_EQ(whole.size(), sliced.size());
+  EXPECT_EQ(std::memcmp(whole.data(), sliced.data(), whole.size() * sizeof(nv_bfloat16)), 0);
+  // Without the offset the slices would reuse the bits of elements 0.. and differ.
+  DeviceBuffer<nv_bfloat16> p(p0), g(g0), m(m0), v(v0);
+  AdamWConfig c = test_config();
+  c.step = 2;
+  kernels::adamw_update(p.get() + 1003, static_cast<const nv_bfloat16*>(g.get() + 1003), m.get() + 1003,
+                        v.get() + 1003, n - 1003, c, nullptr, nullptr, nullptr);
+  const auto unshifted = p.download();
+  std::size_t differing = 0;
+  for (std::size_t i = 1003; i < n; ++i) differing += std::memcmp(&unshifted[i], &whole[i], sizeof(nv_bfloat16)) != 0;
+  EXPECT_GT(differing, (n - 1003) / 20);
+}
+
 TEST(AdamW, Bf16CopyOfFp32MasterIsRoundToNearest) {
   const std::size_t n = kOddSize;
   DeviceBuffer<float> p(random_floats(n, 9, -1.f, 1.f)), g(random_normal(n, 10, 0.02f));
@@ -250,6 +293,8 @@ TEST(AdamW, RejectsBadArguments) {
   EXPECT_THROW(kernels::adamw_update(buf.get(), static_cast<const float*>(nullptr), buf.get(), buf.get(), 16, c,
                                      nullptr, nullptr, nullptr),
                Error);
+  c.index_offset = 0xFFFFFFFFull - 8;  // slice [2^32 - 9, 2^32 + 7) reaches past the 32-bit hash index
+  EXPECT_THROW(kernels::adamw_update(buf.get(), g, buf.get(), buf.get(), 16, c, nullptr, nullptr, nullptr), Error);
 }
 
 }  // namespace

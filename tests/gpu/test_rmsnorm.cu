@@ -1,9 +1,12 @@
 // RMSNorm (src/kernels/rmsnorm.cu) against plain CPU loops (double accumulation) that mirror the head
 // comment: forward with saved rstd, the fused residual add (also in place), backward with overwritten
 // or accumulated dx (dresidual, also in place), dw accumulated into existing fp32 / bf16 values,
-// bit-reproducibility, widths from 8 to the 8192 limit, and bad inputs.
+// bit-reproducibility, widths from 8 to the 8192 limit, and bad inputs. The abs-max option (FP8 scales):
+// every launcher run without and with it must give bit-identical outputs, and the slot must end up holding
+// exactly max(its previous value, max |out| or |dx|) of the copied-back output.
 // Tolerances (relative L2 over the whole tensor): fp32 < 1e-5, bf16 < 1e-2 (the reference sees the
 // inputs rounded through bf16, exactly as the device does).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -225,6 +228,137 @@ TYPED_TEST(RmsNormTest, BackwardIsBitReproducible) {
   EXPECT_EQ(std::memcmp(dx_runs[0].data(), dx_runs[1].data(), size * sizeof(float)), 0) << "dx";
 }
 
+// ---- abs-max ----------------------------------------------------------------------------------
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+float max_abs(const std::vector<float>& v) {
+  float m = 0.f;
+  for (float x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+constexpr float kBigSlot = 1e30f;  // a slot already holding more than any output here: must be kept
+
+// Widths and row counts: partly filled last thread (904), a single live lane per row (8), more rows than
+// the abs-max forward grid (one wave: about 2400 blocks of 64 threads on an H100, so blocks loop over
+// rows), and the widest row.
+struct RowShape {
+  int N, C;
+};
+const RowShape kAbsMaxShapes[] = {{kN, kC}, {5, 8}, {5000, 896}, {3, 8192}};
+
+// rmsnorm_forward (or the fused variant, optionally in place) without, then with an abs-max slot that
+// holds slot_before. Every run starts from re-uploaded inputs and poisoned outputs.
+template <typename T>
+void check_forward_absmax(int N, int C, bool fused, bool in_place, float slot_before) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C << (fused ? " fused" : " plain")
+                                  << (in_place ? " in place" : "") << " slot " << slot_before);
+  const std::size_t size = static_cast<std::size_t>(N) * C;
+  // A residual much larger than the normalised output, so that max |residual_out| != max |out|.
+  const auto residual = as_device_type<T>(random_normal(size, 81, 8.f));
+  const auto x = as_device_type<T>(random_normal(size, 82, 2.f));
+  DeviceBuffer<T> d_residual(size), d_x(size), d_w(as_device_type<T>(random_floats(C, 83, 0.5f, 1.5f)));
+  DeviceBuffer<T> d_residual_out(size), d_out(size);
+  DeviceBuffer<float> d_rstd(N), d_absmax(std::vector<float>{slot_before});
+  T* residual_out = in_place ? d_residual.get() : d_residual_out.get();  // fused: aliases residual
+  T* out = !fused && in_place ? d_x.get() : d_out.get();                 // plain: aliases x
+
+  struct Outputs {
+    std::vector<T> out, residual_out;
+    std::vector<float> rstd;
+  };
+  auto run = [&](float* absmax) {
+    d_residual.upload(residual);
+    d_x.upload(x);
+    d_residual_out.poison();
+    d_out.poison();
+    d_rstd.poison();
+    if (fused) {
+      kernels::fused_residual_rmsnorm_forward(residual_out, out, d_rstd.get(), d_residual.get(), d_x.get(), d_w.get(),
+                                              kEps, N, C, nullptr, absmax);
+    } else {
+      kernels::rmsnorm_forward(out, d_rstd.get(), d_x.get(), d_w.get(), kEps, N, C, nullptr, absmax);
+    }
+    sync_and_check();
+    Outputs o{out == d_x.get() ? d_x.download() : d_out.download(), {}, d_rstd.download()};
+    if (fused) o.residual_out = in_place ? d_residual.download() : d_residual_out.download();
+    return o;
+  };
+  const Outputs plain = run(nullptr);
+  const Outputs with_absmax = run(d_absmax.get());
+  EXPECT_TRUE(same_bits(plain.out, with_absmax.out)) << "out";
+  EXPECT_TRUE(same_bits(plain.residual_out, with_absmax.residual_out)) << "residual_out";
+  EXPECT_TRUE(same_bits(plain.rstd, with_absmax.rstd)) << "rstd";
+  const float out_max = max_abs(as_float(with_absmax.out));
+  ASSERT_TRUE(all_finite(as_float(with_absmax.out)));
+  EXPECT_EQ(d_absmax.download()[0], std::max(slot_before, out_max));
+  if (fused) EXPECT_GT(max_abs(as_float(with_absmax.residual_out)), out_max) << "test needs residual_out to differ";
+}
+
+TYPED_TEST(RmsNormTest, ForwardAbsMax) {
+  for (const auto& s : kAbsMaxShapes) check_forward_absmax<TypeParam>(s.N, s.C, false, false, 0.f);
+  check_forward_absmax<TypeParam>(kN, kC, false, true, 0.f);
+  check_forward_absmax<TypeParam>(kN, kC, false, false, kBigSlot);
+}
+TYPED_TEST(RmsNormTest, FusedResidualForwardAbsMaxIsOverOutOnly) {
+  for (const auto& s : kAbsMaxShapes) check_forward_absmax<TypeParam>(s.N, s.C, true, false, 0.f);
+  check_forward_absmax<TypeParam>(kN, kC, true, true, 0.f);
+  check_forward_absmax<TypeParam>(5000, 896, true, true, kBigSlot);
+}
+
+// rmsnorm_backward without, then with an abs-max slot; dx, dw (from the same dw_before) and the slot
+// compared as above. TW: type of dw.
+template <typename T, typename TW>
+void check_backward_absmax(int N, int C, Residual mode, float slot_before) {
+  SCOPED_TRACE(testing::Message() << "N=" << N << " C=" << C << " residual mode " << static_cast<int>(mode)
+                                  << " slot " << slot_before);
+  const std::size_t size = static_cast<std::size_t>(N) * C;
+  const auto x = representable<T>(random_normal(size, 84, 2.f));
+  const auto dresidual = as_device_type<T>(random_normal(size, 85));
+  const auto dw_before = as_device_type<TW>(random_floats(C, 86));
+  DeviceBuffer<T> d_x(as_device_type<T>(x)), d_w(as_device_type<T>(random_floats(C, 87, 0.5f, 1.5f)));
+  DeviceBuffer<T> d_dout(as_device_type<T>(random_normal(size, 88))), d_dresidual(size), d_dx(size);
+  DeviceBuffer<TW> d_dw(C);
+  DeviceBuffer<float> d_rstd(rstd_reference(x, N, C, kEps)), d_absmax(std::vector<float>{slot_before});
+  DeviceBuffer<std::byte> scratch(kernels::rmsnorm_backward_scratch_bytes(N, C));
+  T* dx = mode == Residual::InPlace ? d_dresidual.get() : d_dx.get();
+  const T* dres = mode == Residual::None ? nullptr : d_dresidual.get();
+
+  auto run = [&](float* absmax) {
+    d_dresidual.upload(dresidual);
+    d_dw.upload(dw_before);
+    d_dx.poison();
+    scratch.poison();
+    kernels::rmsnorm_backward(dx, d_dw.get(), reinterpret_cast<float*>(scratch.get()), dres, d_dout.get(), d_x.get(),
+                              d_w.get(), d_rstd.get(), N, C, nullptr, absmax);
+    sync_and_check();
+    return std::make_pair(mode == Residual::InPlace ? d_dresidual.download() : d_dx.download(), d_dw.download());
+  };
+  const auto plain = run(nullptr);
+  const auto with_absmax = run(d_absmax.get());
+  EXPECT_TRUE(same_bits(plain.first, with_absmax.first)) << "dx";
+  EXPECT_TRUE(same_bits(plain.second, with_absmax.second)) << "dw";
+  ASSERT_TRUE(all_finite(as_float(with_absmax.first)));
+  EXPECT_EQ(d_absmax.download()[0], std::max(slot_before, max_abs(as_float(with_absmax.first))));
+}
+
+TYPED_TEST(RmsNormTest, BackwardAbsMax) {
+  using T = TypeParam;
+  for (const auto& s : kAbsMaxShapes) check_backward_absmax<T, T>(s.N, s.C, Residual::None, 0.f);
+  check_backward_absmax<T, T>(kN, kC, Residual::Separate, 0.f);
+  check_backward_absmax<T, T>(4097, 896, Residual::InPlace, 0.f);  // more rows than backward blocks
+  check_backward_absmax<T, T>(kN, kC, Residual::InPlace, kBigSlot);
+}
+TEST(RmsNorm, BackwardAbsMaxBf16ActivationsWithFp32Dw) {
+  check_backward_absmax<nv_bfloat16, float>(kN, kC, Residual::InPlace, 0.f);
+  check_backward_absmax<nv_bfloat16, float>(4097, 896, Residual::None, 0.f);
+  check_backward_absmax<nv_bfloat16, float>(5, 8, Residual::Separate, kBigSlot);
+}
+
 TEST(RmsNorm, ScratchGrowsWithRowsAndWidth) {
   EXPECT_GT(kernels::rmsnorm_backward_scratch_bytes(1, 896), 0u);
   EXPECT_LE(kernels::rmsnorm_backward_scratch_bytes(10, 896), kernels::rmsnorm_backward_scratch_bytes(100, 896));
@@ -283,6 +417,19 @@ TEST(RmsNorm, BandwidthAtQwenShapes) {
                                 out.get(), x.get(), w.get(), rstd.get(), N, C, nullptr);
     });
     report_bandwidth("rmsnorm_backward" + shape, 4.0 * tensor_bytes + 2.0 * scratch.size(), bwd_ms);
+    // The same with the fused abs-max (the slot is never reset: it only maxes).
+    DeviceBuffer<float> absmax(std::vector<float>{0.f});
+    const double fused_absmax_ms = mean_ms([&] {
+      kernels::fused_residual_rmsnorm_forward(residual.get(), out.get(), rstd.get(), residual.get(), x.get(), w.get(),
+                                              kEps, N, C, nullptr, absmax.get());
+    });
+    report_bandwidth("fused_residual_rmsnorm_forward with absmax" + shape, 4.0 * tensor_bytes, fused_absmax_ms);
+    const double bwd_absmax_ms = mean_ms([&] {
+      kernels::rmsnorm_backward(residual.get(), dw.get(), reinterpret_cast<float*>(scratch.get()), residual.get(),
+                                out.get(), x.get(), w.get(), rstd.get(), N, C, nullptr, absmax.get());
+    });
+    report_bandwidth("rmsnorm_backward with absmax" + shape, 4.0 * tensor_bytes + 2.0 * scratch.size(),
+                     bwd_absmax_ms);
     EXPECT_TRUE(all_finite(to_float(out.download())));
     EXPECT_TRUE(all_finite(to_float(dw.download())));
   }

@@ -1,14 +1,18 @@
 // Rotary embedding (src/kernels/rope.cu) against plain CPU loops that mirror the head comment: the
 // cos/sin table (fp32 recipe of transformers, optional bf16 rounding), forward and backward rotation
 // of the q and k heads of a packed qkv tensor in place and out of place (v untouched / copied), the
-// forward-backward round trip, and bad inputs.
+// forward-backward round trip, and bad inputs. The abs-max option (FP8 scales): runs without and with it
+// must give bit-identical outputs, and the slot must end up holding exactly max(its previous value,
+// max |out|) over the whole copied-back tensor, v heads included (also in place, where v is not written).
 // Tolerances (relative L2 over the whole tensor): fp32 < 1e-5, bf16 < 1e-2 (the reference sees the
 // inputs and the bf16-rounded table exactly as the device does); the table itself < 1e-6.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -156,6 +160,85 @@ TEST(Rope, BackwardUndoesForward) {
   EXPECT_LT(rel_l2(d_qkv.download(), qkv), 1e-5);
 }
 
+// ---- abs-max ----------------------------------------------------------------------------------
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+constexpr float kBigSlot = 1e30f;  // a slot already holding more than any output here: must be kept
+
+// max |x| over the q and k heads (first) and over the v heads (second).
+std::pair<float, float> qk_and_v_abs_max(const std::vector<float>& qkv, const Shape& s) {
+  float qk = 0.f, v = 0.f;
+  for (std::size_t i = 0; i < qkv.size(); ++i) {
+    const bool is_v = static_cast<int>(i / s.Hs % s.heads()) >= s.Hq + s.Hkv;
+    float& m = is_v ? v : qk;
+    m = std::max(m, std::fabs(qkv[i]));
+  }
+  return {qk, v};
+}
+
+// rope_forward (sign +1) or rope_backward (sign -1) without, then with an abs-max slot holding slot_before.
+// v_scale scales the v heads of the input: > 1 puts the maximum in v, so that leaving v out is caught.
+template <typename T>
+void check_rotation_absmax(const Shape& s, double sign, bool in_place, float slot_before, float v_scale) {
+  SCOPED_TRACE(testing::Message() << (sign > 0 ? "forward" : "backward") << (in_place ? " in place" : " out of place")
+                                  << " B=" << s.B << " T=" << s.T << " Hq=" << s.Hq << " Hkv=" << s.Hkv
+                                  << " Hs=" << s.Hs << " slot " << slot_before << " v x" << v_scale);
+  auto values = random_normal(s.size(), 63);
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (static_cast<int>(i / s.Hs % s.heads()) >= s.Hq + s.Hkv) values[i] *= v_scale;
+  }
+  const auto qkv = as_device_type<T>(values);
+  DeviceBuffer<float2> d_table(table_reference(s.T, s.Hs, kTheta, std::is_same_v<T, nv_bfloat16>));
+  DeviceBuffer<T> d_in(s.size()), d_out(s.size());
+  DeviceBuffer<float> d_absmax(std::vector<float>{slot_before});
+  T* out = in_place ? d_in.get() : d_out.get();
+  auto run = [&](float* absmax) {
+    d_in.upload(qkv);
+    d_out.poison();
+    if (sign > 0) {
+      kernels::rope_forward(out, d_in.get(), d_table.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr, absmax);
+    } else {
+      kernels::rope_backward(out, d_in.get(), d_table.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr, absmax);
+    }
+    sync_and_check();
+    return in_place ? d_in.download() : d_out.download();
+  };
+  const auto plain = run(nullptr);
+  const auto with_absmax = run(d_absmax.get());
+  EXPECT_TRUE(same_bits(plain, with_absmax));
+  const auto got = as_float(with_absmax);
+  ASSERT_TRUE(all_finite(got));
+  const auto [qk_max, v_max] = qk_and_v_abs_max(got, s);
+  EXPECT_EQ(d_absmax.download()[0], std::max({slot_before, qk_max, v_max}));
+  if (v_scale > 1.f) EXPECT_GT(v_max, qk_max) << "test setup: the maximum should lie in v";
+  if (v_scale < 1.f) EXPECT_GT(qk_max, v_max) << "test setup: the maximum should lie in q or k";
+}
+
+// More vector pairs than the abs-max grid has threads (one wave: at most 2^18 on an H100), so that
+// threads loop: 4 x 1024 x 18 heads x 4 (bf16) or 8 (fp32).
+const Shape kLong{4, 1024, 14, 2, 64};
+
+TYPED_TEST(RopeTest, ForwardAbsMax) {
+  for (bool in_place : {false, true}) {
+    check_rotation_absmax<TypeParam>(kQwenSmall, +1, in_place, 0.f, 4.f);
+    check_rotation_absmax<TypeParam>(kWideHeads, +1, in_place, 0.f, 0.25f);
+    check_rotation_absmax<TypeParam>(kLong, +1, in_place, 0.f, 4.f);
+  }
+  check_rotation_absmax<TypeParam>(kQwenSmall, +1, true, kBigSlot, 1.f);
+}
+TYPED_TEST(RopeTest, BackwardAbsMaxCoversDqDkAndDv) {
+  for (bool in_place : {false, true}) {
+    check_rotation_absmax<TypeParam>(kQwenSmall, -1, in_place, 0.f, 4.f);
+    check_rotation_absmax<TypeParam>(kWideHeads, -1, in_place, 0.f, 0.25f);
+    check_rotation_absmax<TypeParam>(kLong, -1, in_place, 0.f, 4.f);
+  }
+  check_rotation_absmax<TypeParam>(kLong, -1, true, kBigSlot, 1.f);
+}
+
 void check_table(int T, int Hs, float theta, bool bf16) {
   SCOPED_TRACE(testing::Message() << "T=" << T << " Hs=" << Hs << " theta=" << theta << " bf16=" << bf16);
   DeviceBuffer<float2> d_table(static_cast<std::size_t>(T) * Hs / 2);
@@ -215,6 +298,14 @@ TEST(Rope, BandwidthAtQwenShapes) {
   const double bwd_ms =
       mean_ms([&] { kernels::rope_backward(qkv.get(), qkv.get(), table.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr); });
   report_bandwidth("rope_backward in place bf16 B=16 T=1024 Hq=14 Hkv=2 Hs=64", 2.0 * rotated_bytes, bwd_ms);
+  // With the abs-max the v heads are read too.
+  DeviceBuffer<float> absmax(std::vector<float>{0.f});  // never reset: it only maxes
+  const double v_bytes = static_cast<double>(s.B) * s.T * s.Hkv * s.Hs * sizeof(nv_bfloat16);
+  const double bwd_absmax_ms = mean_ms([&] {
+    kernels::rope_backward(qkv.get(), qkv.get(), table.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr, absmax.get());
+  });
+  report_bandwidth("rope_backward in place with absmax bf16 B=16 T=1024 Hq=14 Hkv=2 Hs=64",
+                   2.0 * rotated_bytes + v_bytes, bwd_absmax_ms);
   EXPECT_TRUE(all_finite(to_float(qkv.download())));
 }
 

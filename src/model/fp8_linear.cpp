@@ -1,0 +1,116 @@
+// FP8 linear layers: see fp8_linear.h.
+#include "model/fp8_linear.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "kernels/matmul.h"
+#include "kernels/quantize.h"
+
+namespace llmq {
+
+namespace k = kernels;
+
+namespace {
+constexpr int kSlots = static_cast<int>(Fp8Slot::kCount);
+// cuBLASLt's FP8 GEMMs refuse scale pointers that are not 16-byte aligned: one scale per 4 floats.
+constexpr int kScaleStride = 4;
+
+void require_fp8_shape(const ModelConfig& cfg, const char* what, std::int64_t n) {
+  LLMQ_REQUIRE(n % 16 == 0, "--matmul-dtype=e4m3: {} of model {} is {}, not a multiple of 16 (FP8 GEMMs need it); "
+               "use --matmul-dtype=bf16", what, cfg.name, n);
+}
+}  // namespace
+
+Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad)
+    : fp8_dgrad_(fp8_dgrad), layers_(cfg.num_layers) {
+  require_fp8_shape(cfg, "hidden_size", cfg.hidden_size);
+  require_fp8_shape(cfg, "intermediate_size", cfg.intermediate_size);
+  require_fp8_shape(cfg, "the query width (heads x head size)", cfg.q_channels());
+  require_fp8_shape(cfg, "the qkv width", cfg.qkv_channels());
+
+  param_to_quant_.assign(layout.params().size(), -1);
+  std::int64_t max_in = 0, max_out = 0;
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    const LayerParamIds& ids = layout.layer(l);
+    for (int param : {ids.qkv_w, ids.att_out_w, ids.mlp_up_w, ids.mlp_down_w}) {
+      const ParamSpec& spec = layout[param];
+      QuantWeight q;
+      q.param = param;
+      q.rows = spec.rows();
+      q.cols = spec.cols();
+      q.weight_offset = spec.offset;
+      q.scale_slot = static_cast<int>(quants_.size());
+      q.q = alloc.allocate_bytes(spec.name + " e4m3", spec.numel(), MemCategory::Quants);
+      if (fp8_dgrad) q.q_t = alloc.allocate_bytes(spec.name + "^T e4m3", spec.numel(), MemCategory::Quants);
+      param_to_quant_[param] = q.scale_slot;
+      quants_.push_back(q);
+      max_in = std::max(max_in, q.cols);
+      max_out = std::max(max_out, q.rows);
+    }
+  }
+  const auto n_quants = static_cast<std::int64_t>(quants_.size());
+  weight_absmax_ = alloc.allocate("fp8 weight abs-max", DType::FP32, {n_quants}, MemCategory::Quants).get<float>();
+  weight_scale_inv_ = alloc.allocate("fp8 weight scales", DType::FP32, {n_quants * kScaleStride}, MemCategory::Quants)
+                          .get<float>();
+  act_absmax_ = alloc.allocate("fp8 activation abs-max", DType::FP32, {std::int64_t{layers_} * kSlots},
+                               MemCategory::Quants).get<float>();
+  act_scale_inv_ = alloc.allocate("fp8 activation scales", DType::FP32, {2 * kScaleStride}, MemCategory::Quants)
+                       .get<float>();
+  x_q_ = alloc.allocate_bytes("fp8 GEMM input (e4m3)", static_cast<std::size_t>(rows) * max_in, MemCategory::Quants);
+  if (fp8_dgrad)
+    dy_q_ = alloc.allocate_bytes("fp8 GEMM gradient (e5m2)", static_cast<std::size_t>(rows) * max_out,
+                                 MemCategory::Quants);
+}
+
+float* Fp8Linear::absmax(int layer, Fp8Slot slot) const {
+  return act_absmax_ + static_cast<std::int64_t>(layer) * kSlots + static_cast<int>(slot);
+}
+
+void Fp8Linear::begin_micro_step(cudaStream_t stream) {
+  LLMQ_CUDA_CHECK(cudaMemsetAsync(act_absmax_, 0, sizeof(float) * layers_ * kSlots, stream));
+}
+
+const Fp8Linear::QuantWeight& Fp8Linear::quant(int param) const {
+  const int index = param >= 0 && param < static_cast<int>(param_to_quant_.size()) ? param_to_quant_[param] : -1;
+  LLMQ_REQUIRE(index >= 0, "internal error: parameter {} has no FP8 copy", param);
+  return quants_[index];
+}
+
+void Fp8Linear::prepare_weights(const nv_bfloat16* weights, cudaStream_t stream) {
+  if (weights_current_) return;
+  for (const QuantWeight& q : quants_) {
+    const nv_bfloat16* w = weights + q.weight_offset;
+    float* absmax = weight_absmax_ + q.scale_slot;
+    k::abs_max(absmax, w, static_cast<std::size_t>(q.rows * q.cols), stream);
+    k::quantize_transpose_fp8(q.q, q.q_t, DType::E4M3, weight_scale_inv_ + q.scale_slot * kScaleStride, w, absmax,
+                              static_cast<int>(q.rows), static_cast<int>(q.cols), stream);
+  }
+  weights_current_ = true;
+}
+
+void Fp8Linear::forward(k::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
+                        const nv_bfloat16* bias, int rows, int in_f, int out_f, cudaStream_t stream) {
+  const QuantWeight& w = quant(param);
+  LLMQ_REQUIRE(weights_current_, "internal error: FP8 weights used before prepare_weights()");
+  float* x_scale_inv = act_scale_inv_ + 0;
+  k::quantize_fp8(x_q_, DType::E4M3, x_scale_inv, x, x_absmax, static_cast<std::size_t>(rows) * in_f, stream);
+  k::matmul_fp8(mm, y, DType::BF16, x_q_, DType::E4M3, x_scale_inv, w.q, DType::E4M3,
+                weight_scale_inv_ + w.scale_slot * kScaleStride, rows, out_f, in_f, /*accumulate=*/false, bias,
+                /*fast_accum=*/false, stream);
+}
+
+void Fp8Linear::backward_data(k::MatmulContext& mm, nv_bfloat16* dx, const nv_bfloat16* dy, const float* dy_absmax,
+                              int param, int rows, int in_f, int out_f, cudaStream_t stream) {
+  const QuantWeight& w = quant(param);
+  LLMQ_REQUIRE(fp8_dgrad_ && weights_current_, "internal error: FP8 data gradient without e5m2 gradients");
+  float* dy_scale_inv = act_scale_inv_ + kScaleStride;
+  k::quantize_fp8(dy_q_, DType::E5M2, dy_scale_inv, dy, dy_absmax, static_cast<std::size_t>(rows) * out_f, stream);
+  // dx[rows, in_f] = dy[rows, out_f] @ (W^T[in_f, out_f])^T: both operands K-major (K = out_f).
+  k::matmul_fp8(mm, dx, DType::BF16, dy_q_, DType::E5M2, dy_scale_inv, w.q_t, DType::E4M3,
+                weight_scale_inv_ + w.scale_slot * kScaleStride, rows, in_f, out_f, /*accumulate=*/false, nullptr,
+                /*fast_accum=*/false, stream);
+}
+
+}  // namespace llmq

@@ -1,0 +1,80 @@
+// FP8 (e4m3) linear layers of the transformer blocks: quantized weight copies, per-tensor scales
+// and the abs-max slots that the producing kernels fill.
+//
+// Formats (doc.md, "FP8 training", says why):
+//   forward  y  = x @ W^T         x e4m3 (quantized from bf16 just before the GEMM), W e4m3
+//   backward dx = dy @ W          dy e5m2, W^T e4m3 (a transposed copy)  -- with --gradient-dtype=e5m2;
+//                                 otherwise bf16 x bf16 as in bf16 training
+//            dW += dy^T @ x        bf16 x bf16 always (the bf16 activations are kept anyway)
+// Scales are "current": scale = fp8_max / abs-max of the tensor being quantized, where the abs-max
+// of activations and activation gradients comes from the kernel that produced the tensor
+// (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are
+// zeroed at the start of every micro-step; the producers only max into them.
+//
+// Weights are quantized once per optimizer step (mark_weights_changed(), then the next
+// prepare_weights() re-quantizes) and reused by every micro-step.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/allocator.h"
+#include "model/config.h"
+#include "model/param_layout.h"
+
+namespace llmq {
+
+namespace kernels {
+class MatmulContext;
+}
+
+// Abs-max slots of one layer, in the order the step fills them.
+enum class Fp8Slot : int { Ln1Out, Att, Ln2Out, SwigluOut, DResMlp, DMlpUp, DResAtt, DQkv, kCount };
+
+class Fp8Linear {
+ public:
+  // rows: the most rows one GEMM sees (B*T). fp8_dgrad: activation-gradient GEMMs in e5m2 x e4m3.
+  Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad);
+
+  bool fp8_dgrad() const { return fp8_dgrad_; }
+  float* absmax(int layer, Fp8Slot slot) const;
+
+  // Zeroes every abs-max slot (start of a micro-step or an evaluation batch).
+  void begin_micro_step(cudaStream_t stream);
+  void mark_weights_changed() { weights_current_ = false; }
+  // Re-quantizes the block matrices from the bf16 weights if they changed since the last call.
+  void prepare_weights(const nv_bfloat16* weights, cudaStream_t stream);
+
+  // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax.
+  void forward(kernels::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
+               const nv_bfloat16* bias, int rows, int in_f, int out_f, cudaStream_t stream);
+  // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f], dy quantized to e5m2 with dy_absmax.
+  void backward_data(kernels::MatmulContext& mm, nv_bfloat16* dx, const nv_bfloat16* dy, const float* dy_absmax,
+                     int param, int rows, int in_f, int out_f, cudaStream_t stream);
+
+ private:
+  struct QuantWeight {
+    int param = -1;
+    std::int64_t rows = 0, cols = 0, weight_offset = 0;
+    void* q = nullptr;    // e4m3 [rows, cols]
+    void* q_t = nullptr;  // e4m3 [cols, rows], only with fp8_dgrad
+    int scale_slot = 0;   // index into weight_absmax_ / weight_scale_inv_
+  };
+  const QuantWeight& quant(int param) const;
+
+  bool fp8_dgrad_;
+  bool weights_current_ = false;
+  int layers_;
+  std::vector<int> param_to_quant_;  // -1 for parameters that stay bf16
+  std::vector<QuantWeight> quants_;
+  float* weight_absmax_ = nullptr;     // [quants]
+  float* weight_scale_inv_ = nullptr;  // [quants * 4]: 16-byte aligned slots
+  float* act_absmax_ = nullptr;        // [layers * Fp8Slot::kCount]
+  float* act_scale_inv_ = nullptr;     // x, dy, 16 bytes apart (stream order makes one slot each enough)
+  void* x_q_ = nullptr;                // e4m3 [rows, max in_f]
+  void* dy_q_ = nullptr;               // e5m2 [rows, max out_f], only with fp8_dgrad
+};
+
+}  // namespace llmq
