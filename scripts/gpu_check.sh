@@ -147,28 +147,28 @@ CASES
   done
 }
 
-stage_profile() {  # per-kernel GPU time of 0.5B bf16 training steps (Nsight Compute, real clocks)
+stage_profile() {  # per-kernel GPU time of 2 training steps of 0.5B (Nsight Compute, real clocks); PROFILE_ARGS adds flags
   local d; d=$(shakespeare_tokens)
   ncu --metrics gpu__time_duration.sum --csv --clock-control none --log-file "$OUT/profile.csv" \
-    "$BIN/train" --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin \
+    "$BIN/train" --model=Qwen/Qwen2.5-0.5B --from-scratch --train-file=$d/train.bin --eval-file=/nonexistent.bin \
     --model-dtype=bf16 --batch-size=16 --grad-accumulation=1 --steps=2 --eval-every-n-steps=0 --ckpt-interval=0 \
-    --no-save-training-state --out-dir=/tmp/llmq_out/profile --log-file=/tmp/profile.json >"$OUT/profile.log" 2>&1
+    --no-save-training-state --out-dir=/tmp/llmq_out/profile --log-file=/tmp/profile.json ${PROFILE_ARGS:-} \
+    >"$OUT/profile.log" 2>&1
   python3 - "$OUT/profile.csv" <<'PY' | tee -a "$SUMMARY"
-import csv, collections, sys
+import csv, collections, re, sys
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 head = rows[0]; name_i, val_i = head.index("Kernel Name"), head.index("Metric Value")
-grid_i = head.index("Grid Size") if "Grid Size" in head else None
+grid_i = head.index("Grid Size")
 total = collections.defaultdict(float); count = collections.Counter()
 for r in rows[1:]:
     try: t = float(r[val_i].replace(",", ""))
     except ValueError: continue
-    name = r[name_i].split("(")[0].split("<")[0][:60]
-    if grid_i is not None and ("gemm" in name or "xmma" in name or "cutlass" in name):
-        name = f"{name[:48]} grid{r[grid_i]}"  # tells the GEMM shapes apart
+    name = re.sub(r"^void ", "", r[name_i]).split("(")[0][:64]
+    if "nvjet" in name or "gemm" in name: name = f"{name} grid{r[grid_i]}"  # tells the GEMM shapes apart
     total[name] += t; count[name] += 1
 all_ns = sum(total.values())
-print(f"profile: {all_ns / 1e6:.1f} ms of kernel time over the run (2 steps of B=16 T=1024 + init)")
-for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:30]:
+print(f"profile: {all_ns / 1e6:.1f} ms of kernel time (2 steps of B=16 T=1024 + init)")
+for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:32]:
     print(f"  {t / all_ns * 100:5.1f}%  {t / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
 PY
 }

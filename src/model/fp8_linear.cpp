@@ -59,9 +59,12 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
   act_scale_inv_ = alloc.allocate("fp8 activation scales", DType::FP32, {2 * kScaleStride}, MemCategory::Quants)
                        .get<float>();
   x_q_ = alloc.allocate_bytes("fp8 GEMM input (e4m3)", static_cast<std::size_t>(rows) * max_in, MemCategory::Quants);
-  if (fp8_dgrad)
+  if (fp8_dgrad) {
     dy_q_ = alloc.allocate_bytes("fp8 GEMM gradient (e5m2)", static_cast<std::size_t>(rows) * max_out,
                                  MemCategory::Quants);
+    dy_q_t_ = alloc.allocate_bytes("fp8 GEMM gradient^T (e5m2)", static_cast<std::size_t>(rows) * max_out,
+                                   MemCategory::Quants);
+  }
 }
 
 float* Fp8Linear::absmax(int layer, Fp8Slot slot) const {
@@ -101,16 +104,23 @@ void Fp8Linear::forward(k::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16*
                 /*fast_accum=*/false, stream);
 }
 
-void Fp8Linear::backward_data(k::MatmulContext& mm, nv_bfloat16* dx, const nv_bfloat16* dy, const float* dy_absmax,
-                              int param, int rows, int in_f, int out_f, cudaStream_t stream) {
+void Fp8Linear::backward(k::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
+                         const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows,
+                         int in_f, int out_f, cudaStream_t stream) {
   const QuantWeight& w = quant(param);
-  LLMQ_REQUIRE(fp8_dgrad_ && weights_current_, "internal error: FP8 data gradient without e5m2 gradients");
+  LLMQ_REQUIRE(fp8_dgrad_ && weights_current_, "internal error: FP8 backward without e5m2 gradients");
+  LLMQ_REQUIRE(rows % 16 == 0, "internal error: FP8 weight gradients need B*T = {} to be a multiple of 16", rows);
+  const float* w_scale_inv = weight_scale_inv_ + w.scale_slot * kScaleStride;
   float* dy_scale_inv = act_scale_inv_ + kScaleStride;
-  k::quantize_fp8(dy_q_, DType::E5M2, dy_scale_inv, dy, dy_absmax, static_cast<std::size_t>(rows) * out_f, stream);
+  float* x_scale_inv = act_scale_inv_;
+  k::quantize_transpose_fp8(dy_q_, dy_q_t_, DType::E5M2, dy_scale_inv, dy, dy_absmax, rows, out_f, stream);
   // dx[rows, in_f] = dy[rows, out_f] @ (W^T[in_f, out_f])^T: both operands K-major (K = out_f).
-  k::matmul_fp8(mm, dx, DType::BF16, dy_q_, DType::E5M2, dy_scale_inv, w.q_t, DType::E4M3,
-                weight_scale_inv_ + w.scale_slot * kScaleStride, rows, in_f, out_f, /*accumulate=*/false, nullptr,
-                /*fast_accum=*/false, stream);
+  k::matmul_fp8(mm, dx, DType::BF16, dy_q_, DType::E5M2, dy_scale_inv, w.q_t, DType::E4M3, w_scale_inv, rows, in_f,
+                out_f, /*accumulate=*/false, nullptr, /*fast_accum=*/false, stream);
+  // dW[out_f, in_f] += dy^T[out_f, rows] @ (x^T[in_f, rows])^T: K = rows (the tokens).
+  k::quantize_transpose_fp8(nullptr, x_q_, DType::E4M3, x_scale_inv, x, x_absmax, rows, in_f, stream);
+  k::matmul_fp8(mm, dw, DType::BF16, dy_q_t_, DType::E5M2, dy_scale_inv, x_q_, DType::E4M3, x_scale_inv, out_f, in_f,
+                rows, /*accumulate=*/true, nullptr, /*fast_accum=*/false, stream);
 }
 
 }  // namespace llmq

@@ -3,9 +3,11 @@
 //
 // Formats (doc.md, "FP8 training", says why):
 //   forward  y  = x @ W^T         x e4m3 (quantized from bf16 just before the GEMM), W e4m3
-//   backward dx = dy @ W          dy e5m2, W^T e4m3 (a transposed copy)  -- with --gradient-dtype=e5m2;
-//                                 otherwise bf16 x bf16 as in bf16 training
-//            dW += dy^T @ x        bf16 x bf16 always (the bf16 activations are kept anyway)
+//   backward dx = dy @ W          dy e5m2, W^T e4m3 (a transposed copy)   } with --gradient-dtype=e5m2,
+//            dW += dy^T @ x        dy^T e5m2, x^T e4m3                     } otherwise bf16 x bf16
+// The data gradient reads dy K-major along the output features, the weight gradient along the
+// tokens: one quantize+transpose pass writes both. x^T is quantized from the bf16 activation the
+// forward kept, with the forward's abs-max (so recomputation changes nothing).
 // Scales are "current": scale = fp8_max / abs-max of the tensor being quantized, where the abs-max
 // of activations and activation gradients comes from the kernel that produced the tensor
 // (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are
@@ -50,9 +52,11 @@ class Fp8Linear {
   // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax.
   void forward(kernels::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
                const nv_bfloat16* bias, int rows, int in_f, int out_f, cudaStream_t stream);
-  // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f], dy quantized to e5m2 with dy_absmax.
-  void backward_data(kernels::MatmulContext& mm, nv_bfloat16* dx, const nv_bfloat16* dy, const float* dy_absmax,
-                     int param, int rows, int in_f, int out_f, cudaStream_t stream);
+  // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f] and dW[out_f, in_f] += dy^T @ x, dy quantized
+  // to e5m2 with dy_absmax, x to e4m3 with x_absmax (the forward's slot).
+  void backward(kernels::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
+                const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows, int in_f,
+                int out_f, cudaStream_t stream);
 
  private:
   struct QuantWeight {
@@ -73,8 +77,9 @@ class Fp8Linear {
   float* weight_scale_inv_ = nullptr;  // [quants * 4]: 16-byte aligned slots
   float* act_absmax_ = nullptr;        // [layers * Fp8Slot::kCount]
   float* act_scale_inv_ = nullptr;     // x, dy, 16 bytes apart (stream order makes one slot each enough)
-  void* x_q_ = nullptr;                // e4m3 [rows, max in_f]
+  void* x_q_ = nullptr;                // e4m3 [rows, max in_f]; in the backward x^T [in_f, rows]
   void* dy_q_ = nullptr;               // e5m2 [rows, max out_f], only with fp8_dgrad
+  void* dy_q_t_ = nullptr;             // e5m2 [max out_f, rows], only with fp8_dgrad
 };
 
 }  // namespace llmq

@@ -108,7 +108,8 @@ class QwenModel final : public Model {
   // Block linear layers (N rows) of parameter `param` in layer l: FP8 with --matmul-dtype=e4m3, the
   // slot names the abs-max of the input (forward) or of dy (backward) that its producer recorded.
   void block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l, int param, const T* bias, int in_f, int out_f);
-  void block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, int l, int param, int in_f, int out_f);
+  void block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, Fp8Slot x_slot, int l, int param,
+                             int in_f, int out_f);
   float* fp8_absmax(int l, Fp8Slot slot) const;
   void prepare_fp8();  // re-quantizes changed weights, zeroes the abs-max slots
   // AdamW on flat elements [begin, end) of parameter `param`; m and v address element `begin`.

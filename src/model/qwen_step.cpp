@@ -60,12 +60,13 @@ void QwenModel<T>::block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l,
 }
 
 template <typename T>
-void QwenModel<T>::block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, int l, int param, int in_f,
-                                         int out_f) {
+void QwenModel<T>::block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, Fp8Slot x_slot, int l,
+                                         int param, int in_f, int out_f) {
   if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    if (fp8_ && fp8_->fp8_dgrad()) {
-      fp8_->backward_data(*matmul_, dx, dy, fp8_->absmax(l, dy_slot), param, run_->N, in_f, out_f, stream_);
-      weight_gradient(grad(param), dy, x, run_->N, in_f, out_f);
+    // The weight gradient sums over the B*T tokens: FP8 needs that K to be a multiple of 16.
+    if (fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0) {
+      fp8_->backward(*matmul_, dx, grad(param), dy, fp8_->absmax(l, dy_slot), x, fp8_->absmax(l, x_slot), param,
+                     run_->N, in_f, out_f, stream_);
       return;
     }
   }
@@ -258,16 +259,17 @@ void QwenModel<T>::backward(const std::int32_t* host_inputs) {
     const LayerParamIds& p = layout_.layer(l);
     LayerActivations& a = r.layers[l];
     // MLP: d_res is the gradient of residual[l+1] = residual_mid + down(swiglu(up(ln2)))
-    block_linear_backward(r.d_swiglu.get<T>(), d_res, Fp8Slot::DResMlp, a.swiglu_out.get<T>(), l, p.mlp_down_w, D, C);
+    block_linear_backward(r.d_swiglu.get<T>(), d_res, Fp8Slot::DResMlp, a.swiglu_out.get<T>(), Fp8Slot::SwigluOut, l,
+                          p.mlp_down_w, D, C);
     k::swiglu_backward(r.d_mlp_up.get<T>(), r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_,
                        fp8_absmax(l, Fp8Slot::DMlpUp));
-    block_linear_backward(r.d_ln.get<T>(), r.d_mlp_up.get<T>(), Fp8Slot::DMlpUp, a.ln2_out.get<T>(), l, p.mlp_up_w, C,
-                          2 * D);
+    block_linear_backward(r.d_ln.get<T>(), r.d_mlp_up.get<T>(), Fp8Slot::DMlpUp, a.ln2_out.get<T>(), Fp8Slot::Ln2Out,
+                          l, p.mlp_up_w, C, 2 * D);
     k::rmsnorm_backward(d_res, grad(p.ln2_w), scratch, d_res, r.d_ln.get<T>(), a.residual_mid.get<T>(),
                         weight(p.ln2_w), a.ln2_rstd.get<float>(), N, C, stream_, fp8_absmax(l, Fp8Slot::DResAtt));
     // Attention: d_res is now the gradient of residual_mid = residual[l] + att_out(att)
-    block_linear_backward(r.d_att.get<T>(), d_res, Fp8Slot::DResAtt, a.att.get<T>(), l, p.att_out_w, cfg_.q_channels(),
-                          C);
+    block_linear_backward(r.d_att.get<T>(), d_res, Fp8Slot::DResAtt, a.att.get<T>(), Fp8Slot::Att, l, p.att_out_w,
+                          cfg_.q_channels(), C);
     T* d_qkv = r.d_qkv.get<T>();
     if constexpr (std::is_same_v<T, nv_bfloat16>)
       attention_->backward(d_qkv, r.d_att.data, a.att.data, a.att_lse.get<float>(), a.qkv.data, r.B, r.T, Hq, Hkv, Hs,
@@ -277,7 +279,8 @@ void QwenModel<T>::backward(const std::int32_t* host_inputs) {
                                  a.qkv.get<float>(), r.B, r.T, Hq, Hkv, Hs, stream_);
     k::rope_backward(d_qkv, d_qkv, rope, r.B, r.T, Hq, Hkv, Hs, stream_, fp8_absmax(l, Fp8Slot::DQkv));
     if (p.qkv_b >= 0) k::bias_backward(grad(p.qkv_b), d_qkv, N, cfg_.qkv_channels(), scratch, stream_);
-    block_linear_backward(r.d_ln.get<T>(), d_qkv, Fp8Slot::DQkv, a.ln1_out.get<T>(), l, p.qkv_w, C, cfg_.qkv_channels());
+    block_linear_backward(r.d_ln.get<T>(), d_qkv, Fp8Slot::DQkv, a.ln1_out.get<T>(), Fp8Slot::Ln1Out, l, p.qkv_w, C,
+                          cfg_.qkv_channels());
     k::rmsnorm_backward(d_res, grad(p.ln1_w), scratch, d_res, r.d_ln.get<T>(), r.residual[l].get<T>(),
                         weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_, fp8_absmax(l - 1, Fp8Slot::DResMlp));
   }
