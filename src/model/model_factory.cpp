@@ -50,6 +50,7 @@ std::unique_ptr<Model> build_model(const TrainOptions& opts) {
   m.offload_opt_v = opts.offload_opt_v;
   m.use_zero_copy = opts.use_zero_copy;
   m.write_combined = opts.write_combined;
+  m.use_cuda_graphs = opts.use_cuda_graphs;
   m.recompute.swiglu = opts.recompute_swiglu;
   m.recompute.norm = opts.recompute_norm;
   m.recompute.ffn = opts.recompute_ffn;

@@ -93,6 +93,7 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
 template <typename T>
 QwenModel<T>::~QwenModel() {
   if (stream_) cudaStreamSynchronize(stream_);
+  if (step_graph_) cudaGraphExecDestroy(step_graph_);
   attention_.reset();
   matmul_.reset();
   if (stream_) cudaStreamDestroy(stream_);

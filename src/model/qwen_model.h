@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "core/allocator.h"
@@ -40,6 +41,7 @@ struct QwenModelOptions {
   bool use_zero_copy = false;
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
+  bool use_cuda_graphs = false;  // replay each micro-step's kernels as a CUDA graph (see qwen_step.cpp)
 };
 
 // Builds the model: weights from `weights_path` (a safetensors file, index or directory) or, when
@@ -77,13 +79,23 @@ class QwenModel final : public Model {
 
   // Current gradients under HF names, as fp32 (tests compare them with PyTorch).
   void export_gradients(const std::filesystem::path& file) const;
+  // Micro-steps that ran as a CUDA graph so far (tests check that graphs were really used).
+  int cuda_graph_launches() const { return graph_launches_; }
 
  private:
   // Forward pass through the final norm; the loss and its gradient come from lm_head_loss.
-  void forward(const std::int32_t* host_inputs);
+  void forward();
   // LM head + cross-entropy, chunked; with `backward` also d(final_out) and the LM head gradient.
   void lm_head_loss(bool backward, float grad_scale);
-  void backward(const std::int32_t* host_inputs);
+  void backward();
+  // Everything of a micro-step after its host-dependent uploads: no host input, so capturable.
+  void micro_step_kernels(float grad_scale, int micro_step);
+  // Captures micro_step_kernels into step_graph_ (instantiated once, then updated) and launches it.
+  // False when capture or instantiation failed: nothing ran, graphs are off for the rest of the run.
+  bool launch_step_graph(float grad_scale, int micro_step);
+  cudaGraph_t capture_micro_step(float grad_scale, int micro_step);
+  bool update_step_graph(cudaGraph_t graph);
+  void disable_cuda_graphs(const std::string& reason);
   // Pieces of layer l's forward (data flow in run_state.h). forward() runs them all in order;
   // recompute_layer() reruns, with the same kernels and arguments, those whose outputs the
   // recompute plan dropped, so the recomputed values are bit-identical to the forward's.
@@ -101,6 +113,7 @@ class QwenModel final : public Model {
   // Refills the shared (recomputed) activations of layer l before its backward.
   void recompute_layer(int l);
   void upload_batch(const std::int32_t* inputs, const std::int32_t* targets);
+  void upload_embedding_plan(const std::int32_t* host_inputs);  // for embedding_backward
   // Linear layer y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias) and its two gradients.
   void linear_forward(T* y, const T* x, const T* w, const T* bias, int rows, int in_f, int out_f);
   void linear_backward(T* dx, T* dw, const T* dy, const T* x, const T* w, int rows, int in_f, int out_f);
@@ -143,6 +156,10 @@ class QwenModel final : public Model {
   Tensor valid_counts_;                       // int32 [accum + 1]: valid targets per micro-batch (+ eval)
   std::vector<float> micro_valid_;            // host copy of the valid target counts of this step
   std::vector<std::int32_t> host_plan_;       // embedding backward plan of the current micro-batch
+  cudaGraphExec_t step_graph_ = nullptr;      // with use_cuda_graphs, from the second micro-step on
+  bool first_micro_step_done_ = false;
+  bool cuda_graphs_failed_ = false;
+  int graph_launches_ = 0;
 };
 
 }  // namespace llmq

@@ -2,9 +2,20 @@
 // needs (see run_state.h for the data flow and the recompute plan), the chunked LM head +
 // cross-entropy, the backward pass in reverse (each layer first recomputes what the plan dropped),
 // and the AdamW update with global-norm clipping.
+//
+// CUDA graphs (use_cuda_graphs): a micro-step first does, eagerly on the stream, everything that
+// depends on the host (valid-target count, batch upload, the host-built embedding backward plan, the
+// FP8 weight re-quantization whose need a host flag decides); the rest (micro_step_kernels) is
+// captured into a graph and launched. Each micro-step is captured again and the executable graph
+// updated in place (grad_scale and the loss slot change between micro-steps).
 #include <cuda_bf16.h>
+#include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <exception>
+#include <string>
 
 #include "kernels/adamw.h"
 #include "kernels/attention.h"
@@ -88,6 +99,15 @@ void QwenModel<T>::upload_batch(const std::int32_t* inputs, const std::int32_t* 
   const std::size_t bytes = sizeof(std::int32_t) * run_->N;
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(run_->inputs.data, inputs, bytes, cudaMemcpyHostToDevice, stream_));
   LLMQ_CUDA_CHECK(cudaMemcpyAsync(run_->targets.data, targets, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+// Built on the host from this micro-batch's tokens; uploaded from pageable memory, which a graph
+// cannot capture, so it happens before the captured part of the micro-step.
+template <typename T>
+void QwenModel<T>::upload_embedding_plan(const std::int32_t* host_inputs) {
+  host_plan_ = k::make_embedding_backward_plan(host_inputs, run_->N).data;
+  LLMQ_CUDA_CHECK(cudaMemcpyAsync(embedding_plan_.data, host_plan_.data(), host_plan_.size() * sizeof(std::int32_t),
+                                  cudaMemcpyHostToDevice, stream_));
 }
 
 // ---- forward pieces of layer l (shared by forward and recompute_layer) -------------------------
@@ -194,7 +214,7 @@ void QwenModel<T>::mlp_block_forward(int l) {
 }
 
 template <typename T>
-void QwenModel<T>::forward(const std::int32_t* host_inputs) {
+void QwenModel<T>::forward() {
   RunState& r = *run_;
   k::embedding_forward(r.residual[0].get<T>(), r.inputs.get<std::int32_t>(), weight(layout_.embedding()), r.N,
                        cfg_.vocab_size, cfg_.hidden_size, stream_);
@@ -242,7 +262,7 @@ void QwenModel<T>::lm_head_loss(bool backward, float grad_scale) {
 }
 
 template <typename T>
-void QwenModel<T>::backward(const std::int32_t* host_inputs) {
+void QwenModel<T>::backward() {
   RunState& r = *run_;
   const int N = r.N, C = cfg_.hidden_size, D = cfg_.intermediate_size;
   const int Hq = cfg_.num_query_heads, Hkv = cfg_.num_kv_heads, Hs = cfg_.head_size;
@@ -284,9 +304,7 @@ void QwenModel<T>::backward(const std::int32_t* host_inputs) {
     k::rmsnorm_backward(d_res, grad(p.ln1_w), scratch, d_res, r.d_ln.get<T>(), r.residual[l].get<T>(),
                         weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_, fp8_absmax(l - 1, Fp8Slot::DResMlp));
   }
-  host_plan_ = k::make_embedding_backward_plan(host_inputs, N).data;
-  LLMQ_CUDA_CHECK(cudaMemcpyAsync(embedding_plan_.data, host_plan_.data(), host_plan_.size() * sizeof(std::int32_t),
-                                  cudaMemcpyHostToDevice, stream_));
+  // embedding_plan_ was uploaded before the forward (upload_embedding_plan); stream order makes it ready.
   k::embedding_backward(grad(layout_.embedding()), d_res, embedding_plan_.get<std::int32_t>(), N, cfg_.vocab_size, C,
                         stream_);
 }
@@ -318,13 +336,85 @@ void QwenModel<T>::forward_backward(const std::int32_t* inputs, const std::int32
   // accumulation of per-micro-batch mean losses divided by the accumulation count).
   const float grad_scale = valid ? 1.f / (static_cast<float>(valid) * opts_.grad_accumulation) : 0.f;
   upload_batch(inputs, targets);
+  upload_embedding_plan(inputs);
+  // Whether the FP8 weights are re-quantized depends on a host flag (once per optimizer step): kept
+  // out of the graph, so that every micro-step's graph has the same topology.
   prepare_fp8();
-  forward(inputs);
+  // The very first micro-step runs eagerly: cuBLASLt plans and cuDNN attention graphs are created
+  // on first use, and their setup (allocations, synchronous calls) cannot happen inside a capture.
+  const bool use_graph = opts_.use_cuda_graphs && first_micro_step_done_ && !cuda_graphs_failed_;
+  if (!use_graph || !launch_step_graph(grad_scale, micro_step)) micro_step_kernels(grad_scale, micro_step);
+  first_micro_step_done_ = true;
+}
+
+template <typename T>
+void QwenModel<T>::micro_step_kernels(float grad_scale, int micro_step) {
+  forward();
   lm_head_loss(/*backward=*/true, grad_scale);
   k::loss_sum(run_->losses.get<float>(), run_->targets.get<std::int32_t>(), run_->N,
               step_stats_.get<float>() + 2 + micro_step, valid_counts_.get<std::int32_t>() + micro_step,
               loss_scratch_.data, stream_);
-  backward(inputs);
+  backward();
+}
+
+template <typename T>
+bool QwenModel<T>::launch_step_graph(float grad_scale, int micro_step) {
+  cudaGraph_t graph = capture_micro_step(grad_scale, micro_step);
+  if (!graph) return false;
+  const bool ready = update_step_graph(graph);
+  LLMQ_CUDA_CHECK(cudaGraphDestroy(graph));  // the executable graph keeps its own copy
+  if (!ready) return false;
+  LLMQ_CUDA_CHECK(cudaGraphLaunch(step_graph_, stream_));
+  ++graph_launches_;
+  return true;
+}
+
+// Null (after disable_cuda_graphs) when anything between begin and end of the capture failed; the
+// captured work never ran then, so the caller runs it eagerly.
+template <typename T>
+cudaGraph_t QwenModel<T>::capture_micro_step(float grad_scale, int micro_step) {
+  LLMQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  std::string failure;
+  try {
+    micro_step_kernels(grad_scale, micro_step);
+  } catch (const std::exception& e) {
+    failure = e.what();
+  }
+  // Deliberately unchecked from here: a failed capture falls back to eager execution.
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  if (failure.empty() && end == cudaSuccess && graph) return graph;
+  if (graph) cudaGraphDestroy(graph);
+  (void)cudaGetLastError();
+  disable_cuda_graphs(fmt::format("capture failed: {}", failure.empty() ? cudaGetErrorString(end) : failure));
+  return nullptr;
+}
+
+// Later micro-steps differ from the first only in kernel arguments, which an in-place update takes;
+// a topology change (or any other refusal) gets a fresh instantiation.
+template <typename T>
+bool QwenModel<T>::update_step_graph(cudaGraph_t graph) {
+  if (step_graph_) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(step_graph_, graph, &info) == cudaSuccess) return true;
+    (void)cudaGetLastError();  // a refused update is an answer, not an error
+    LLMQ_CUDA_CHECK(cudaGraphExecDestroy(step_graph_));  // an in-flight launch still completes
+    step_graph_ = nullptr;
+  }
+  const cudaError_t err = cudaGraphInstantiate(&step_graph_, graph, 0);
+  if (err == cudaSuccess) return true;
+  step_graph_ = nullptr;
+  (void)cudaGetLastError();
+  disable_cuda_graphs(fmt::format("instantiation failed: {}", cudaGetErrorString(err)));
+  return false;
+}
+
+template <typename T>
+void QwenModel<T>::disable_cuda_graphs(const std::string& reason) {
+  cuda_graphs_failed_ = true;
+  std::string line = reason;
+  std::replace(line.begin(), line.end(), '\n', ' ');
+  fmt::print(stderr, "warning: --use-cuda-graphs: {}; running every micro-step without graphs from now on\n", line);
 }
 
 template <typename T>
@@ -332,7 +422,7 @@ float QwenModel<T>::evaluate(const std::int32_t* inputs, const std::int32_t* tar
   const int valid = count_valid(targets, run_->N);
   upload_batch(inputs, targets);
   prepare_fp8();
-  forward(inputs);
+  forward();
   lm_head_loss(/*backward=*/false, 0.f);
   float* loss_sum = step_stats_.get<float>() + 1;  // the clip scale slot is free between steps
   k::loss_sum(run_->losses.get<float>(), run_->targets.get<std::int32_t>(), run_->N, loss_sum,

@@ -255,7 +255,8 @@ void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
 
 void add_execution_options(CLI::App& app, TrainOptions& o) {
   const char* g = "Execution";
-  flag(app, "--use-cuda-graphs,!--no-use-cuda-graphs", o.use_cuda_graphs, "Replay each block's kernels as a CUDA graph")
+  flag(app, "--use-cuda-graphs,!--no-use-cuda-graphs", o.use_cuda_graphs,
+       "Replay each micro-step's kernels as a CUDA graph")
       ->group(g);
   flag(app, "--custom-matmul", o.custom_matmul, "Use llmq's own matmul kernel instead of cuBLASLt")->group(g);
 }

@@ -87,8 +87,6 @@ Trainer::Trainer(const TrainOptions& opts, const ModelFactory& make_model)
       logger_(opts.log_file, 0, opts.continue_from.has_value()),
       batch_(opts.batch_size * opts.seq_len) {
   console_.print("[System]\n  {}", describe(gpu_));
-  if (opts.use_cuda_graphs)
-    console_.print("note: --use-cuda-graphs: CUDA graphs are not used yet (issue #4); kernels are launched directly");
   train_.check_vocab(model_->vocab_size());
   if (eval_) eval_->check_vocab(model_->vocab_size());
   print_dataset();
