@@ -90,7 +90,7 @@ TEST(Options, DefaultsMatchTheSeedTool) {
   EXPECT_FALSE(o.new_data);
   EXPECT_EQ(o.gpus, 0);
   EXPECT_EQ(o.zero_level, 1);
-  EXPECT_TRUE(o.use_cuda_graphs);
+  EXPECT_FALSE(o.use_cuda_graphs);
   EXPECT_FALSE(o.memory_limit.has_value());
   EXPECT_FALSE(o.auto_fit);
   for (bool b : {o.recompute_swiglu, o.recompute_norm, o.recompute_ffn, o.recompute_qkv, o.recompute_att,
@@ -301,7 +301,7 @@ TEST(Options, HelpExitsZeroAndListsFlagsWithDefaults) {
             "--model TEXT=.", "--train-seed UINT=0x83b45442", "--lr-schedule TEXT=cosine", "--zero-level INT=1",
             "--out-dir TEXT=output/%n", "--checkpoint-dir TEXT=ckpt/%n", "--grad-accumulation INT=4",
             "--log-file TEXT=logs/%n-<YYYY-MM-DDTHH_MM>.json", "--matmul-dtype TEXT=model dtype",
-            "--memory-limit SIZE=none", "--no-use-cuda-graphs{false} [on]", "--from-scratch [off]",
+            "--memory-limit SIZE=none", "--no-use-cuda-graphs{false} [off]", "--from-scratch [off]",
             "--offload-master [off]", "--continue [PATH]",
             "--beta-2 FLOAT=0.95", "--steps INT=-1", "--eval-file TEXT=data/tiny-shakespeare-qwen/eval.bin"}) {
         EXPECT_NE(text.find(expected), std::string::npos) << "missing '" << expected << "' in\n" << text;
