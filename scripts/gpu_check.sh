@@ -89,14 +89,25 @@ open(sys.argv[1], "a").write(line + ("  PASS\n" if b and len(same) == len(b) els
 PY
 }
 
+bench_log_name() {  # model batch accum matmul grad [extra flags] -> bench_MODEL_BxACCUM_MATMUL_GRAD[_FLAGS-SLUG]
+  local slug
+  slug=$(printf '%s' "${*:6}" | sed -E 's/(^|[[:space:]])-+/\1/g; s/[^A-Za-z0-9.-]+/_/g; s/^_+|_+$//g' | cut -c1-80)
+  echo "bench_$1_$2x$3_$4_$5${slug:+_$slug}"
+}
+
 stage_bench() {  # BENCH_CONFIGS="model batch accum matmul-dtype gradient-dtype [extra flags];..." overrides the list
   local d; d=$(shakespeare_tokens)
   local configs=${BENCH_CONFIGS:-"Qwen2.5-0.5B 32 1 bf16 bf16;Qwen2.5-0.5B 32 1 e4m3 bf16;Qwen2.5-0.5B 32 1 e4m3 e5m2;Qwen2.5-1.5B 16 1 bf16 bf16;Qwen2.5-1.5B 16 1 e4m3 e5m2"}
-  local cfg log
+  local cfg log name n
+  local -A taken=()  # log names of earlier rows: identical rows, or flags that sanitize alike, get _2, _3, ...
   IFS=';' read -ra list <<<"$configs"
   for cfg in "${list[@]}"; do
+    [ -n "${cfg//[[:space:]]/}" ] || continue  # an empty entry (e.g. a trailing ';')
     set -- $cfg
-    log="$OUT/bench_$1_$4_$5.log"
+    name=$(bench_log_name "$@"); n=1; log=$name
+    while [ -n "${taken[$log]:-}" ]; do n=$((n + 1)); log="${name}_$n"; done
+    taken[$log]=1
+    log="$OUT/$log.log"
     "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --model-dtype=bf16 \
       --batch-size=$2 --grad-accumulation=$3 --matmul-dtype=$4 --gradient-dtype=$5 "${@:6}" --steps=12 \
       --eval-every-n-steps=0 --ckpt-interval=0 --no-save-training-state \

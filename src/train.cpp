@@ -10,9 +10,10 @@
 
 int main(int argc, char** argv) {
   try {
-    const llmq::TrainOptions opts = llmq::parse_options(argc, argv);
+    llmq::TrainOptions opts = llmq::parse_options(argc, argv);
     llmq::check_implemented(opts);
     llmq::check_input_files(opts);
+    if (opts.auto_fit) llmq::apply_auto_fit(opts);
     llmq::Console console(/*rank=*/0);
     console.print(llmq::describe_options(opts));
     return llmq::run_training(opts, llmq::build_model);

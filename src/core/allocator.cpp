@@ -114,9 +114,9 @@ void* Allocator::allocate_bytes(const std::string& name, std::size_t bytes, MemC
   std::lock_guard lock(mutex_);
   std::size_t accounted = accounted_bytes(bytes, kind);
   if (kind == MemKind::Device && budget_ && device_in_use() + accounted > *budget_)
-    throw_out_of_memory(name, bytes, category, "the --memory-limit budget");
+    throw_out_of_memory(name, bytes, category, kind, OomCause::Budget);
   void* ptr = backend_->allocate(bytes, kind);
-  if (!ptr) throw_out_of_memory(name, bytes, category, kind == MemKind::Device ? "the GPU's free memory" : "host memory");
+  if (!ptr) throw_out_of_memory(name, bytes, category, kind, OomCause::Backend);
   blocks_.emplace(ptr, Block{name, accounted, category, kind});
   usage_[static_cast<int>(category)][static_cast<int>(kind)] += accounted;
   if (kind == MemKind::Device) device_peak_ = std::max(device_peak_, device_in_use());
@@ -164,21 +164,73 @@ std::string Allocator::state_report() const {
   return out;
 }
 
-void Allocator::throw_out_of_memory(const std::string& name, std::size_t bytes, MemCategory category,
-                                    const char* reason) const {
+void Allocator::set_shrink_hints(ShrinkHints hints) {
+  std::lock_guard lock(mutex_);
+  hints_ = std::move(hints);
+}
+
+// The first line of a device out-of-memory message after the allocation itself: what the limit
+// is and how much of it is taken.
+std::string Allocator::device_oom_summary(OomCause cause) const {
+  const std::size_t used = device_in_use();
+  if (cause == OomCause::Budget) {
+    return fmt::format("--memory-limit is {} and {} of it is in use ({} free)", format_bytes(*budget_),
+                       format_bytes(used), format_bytes(*budget_ - std::min(used, *budget_)));
+  }
+  std::size_t total = 0;
+  try {
+    total = backend_->device_total_bytes();
+  } catch (const std::exception&) {  // the size is only context; never hide the out-of-memory behind it
+  }
+  std::string gpu = total ? fmt::format("the GPU ({})", format_bytes(total)) : std::string("the GPU");
+  std::string out = fmt::format("{} has no room for it: llmq holds {}, the rest is taken by the CUDA context, "
+                                "libraries or other processes", gpu, format_bytes(used));
+  if (budget_) out += fmt::format(" (--memory-limit of {} is not reached)", format_bytes(*budget_));
+  return out;
+}
+
+// The largest device categories, biggest first, each with its registered hint, and the hint of
+// the failing allocation's own category when it is not among them.
+std::string Allocator::biggest_categories(MemCategory failing) const {
+  constexpr std::size_t kShown = 4;
   std::vector<std::pair<std::size_t, MemCategory>> by_size;
-  for (int c = 0; c < static_cast<int>(MemCategory::kCount); ++c)
-    by_size.emplace_back(usage_[c][static_cast<int>(MemKind::Device)], static_cast<MemCategory>(c));
-  std::sort(by_size.rbegin(), by_size.rend());
-  std::string table;
-  for (const auto& [b, c] : by_size) table += fmt::format("\n  {:>12}: {}", category_name(c), format_bytes(b));
-  throw OutOfMemory(fmt::format(
-      "out of memory: allocating {} for '{}' ({}) would exceed {} ({} already in use{}). Device memory by category:{}\n"
-      "To fit: lower --batch-size (raise --grad-accumulation to keep the tokens per step), add --recompute-* flags to "
-      "shrink Activations, --offload-opt-m/--offload-opt-v/--offload-master to move optimizer state to the host, "
-      "or raise --memory-limit.",
-      format_bytes(bytes), name, category_name(category), reason, format_bytes(device_in_use()),
-      budget_ ? fmt::format(", budget {}", format_bytes(*budget_)) : std::string(), table));
+  for (std::size_t c = 0; c < kMemCategoryCount; ++c) {
+    std::size_t dev = usage_[c][static_cast<int>(MemKind::Device)];
+    if (dev) by_size.emplace_back(dev, static_cast<MemCategory>(c));
+  }
+  std::stable_sort(by_size.begin(), by_size.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  if (by_size.size() > kShown) by_size.resize(kShown);
+  if (by_size.empty()) return "\nNothing else is on the device yet: this allocation alone does not fit.";
+
+  std::string out = "\nBiggest device users:";
+  bool failing_shown = false;
+  for (const auto& [dev, c] : by_size) {
+    const std::string& hint = hints_[static_cast<int>(c)];
+    out += fmt::format("\n  {:<12} {:>10}", category_name(c), format_bytes(dev));
+    if (!hint.empty()) out += fmt::format("   shrink: {}", hint);
+    failing_shown |= c == failing;
+  }
+  const std::string& own = hints_[static_cast<int>(failing)];
+  if (!failing_shown && !own.empty()) out += fmt::format("\n{} (this allocation) shrinks with: {}", category_name(failing), own);
+  return out;
+}
+
+void Allocator::throw_out_of_memory(const std::string& name, std::size_t bytes, MemCategory category, MemKind kind,
+                                    OomCause cause) const {
+  static constexpr std::array<std::string_view, static_cast<int>(MemKind::kCount)> kWhere{
+      "device", "pinned host", "write-combined host", "host"};
+  std::string head = fmt::format("out of memory: '{}' ({}) needs {} of {} memory", name, category_name(category),
+                                 format_bytes(bytes), kWhere[static_cast<int>(kind)]);
+  if (kind != MemKind::Device) {
+    std::size_t host = 0;
+    for (const auto& per_kind : usage_)
+      host += per_kind[static_cast<int>(MemKind::Pinned)] + per_kind[static_cast<int>(MemKind::WriteCombined)];
+    throw OutOfMemory(fmt::format("{}, but the host refused it (llmq holds {} of pinned host memory). Free host RAM "
+                                  "or keep fewer tensors in host memory.", head, format_bytes(host)));
+  }
+  std::string msg = fmt::format("{}, but {}.{}", head, device_oom_summary(cause), biggest_categories(category));
+  if (cause == OomCause::Budget) msg += "\nRaise --memory-limit if the GPU has room for more, or let --auto-fit choose the flags.";
+  throw OutOfMemory(msg);
 }
 
 }  // namespace llmq

@@ -20,7 +20,12 @@ namespace llmq {
 enum class MemCategory : std::uint8_t {
   Weights, Master, Gradients, AdamM, AdamV, Activations, Quants, Workspace, Other, kCount
 };
+inline constexpr std::size_t kMemCategoryCount = static_cast<std::size_t>(MemCategory::kCount);
 std::string_view category_name(MemCategory c);
+
+// Per category: the flags that would make it smaller, e.g. "--offload-opt-m or --opt-m-dtype=bf16"
+// ("" when none). The core does not know the command line; the model registers these.
+using ShrinkHints = std::array<std::string, kMemCategoryCount>;
 
 // Device: GPU memory. Pinned: page-locked host memory. WriteCombined: pinned, write-combined
 // (fast host->device, very slow host reads). Host: ordinary pageable memory.
@@ -67,6 +72,9 @@ class Allocator {
   std::size_t device_peak() const { return device_peak_; }
   std::optional<std::size_t> device_budget() const { return budget_; }
 
+  // Text that an OutOfMemory message shows next to each category it lists (see ShrinkHints).
+  void set_shrink_hints(ShrinkHints hints);
+
   // The `[Allocator State]` table: device bytes per category, free budget, host-side totals.
   std::string state_report() const;
 
@@ -84,9 +92,14 @@ class Allocator {
   std::array<std::array<std::size_t, static_cast<int>(MemKind::kCount)>, static_cast<int>(MemCategory::kCount)>
       usage_{};
   std::size_t device_peak_ = 0;
+  ShrinkHints hints_{};
 
+  // Why an allocation failed: the device budget, or the backend (GPU or host) had no room.
+  enum class OomCause : std::uint8_t { Budget, Backend };
   [[noreturn]] void throw_out_of_memory(const std::string& name, std::size_t bytes, MemCategory category,
-                                        const char* reason) const;
+                                        MemKind kind, OomCause cause) const;
+  std::string device_oom_summary(OomCause cause) const;
+  std::string biggest_categories(MemCategory failing) const;
 };
 
 }  // namespace llmq

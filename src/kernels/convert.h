@@ -1,4 +1,5 @@
-// Element type conversions and the abs-max reduction (math in convert.cu).
+// Element type conversions between fp32 and bf16 (math in convert.cu). The abs-max reduction for
+// FP8 scales is kernels::abs_max in quantize.h.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -15,10 +16,5 @@ void convert(float* out, const nv_bfloat16* in, std::size_t n, cudaStream_t stre
 // fp32 -> bf16 with stochastic rounding (E[out[i]] == in[i]); random bits from (i, seed) only.
 // n must not exceed 2^32.
 void convert_stochastic(nv_bfloat16* out, const float* in, std::size_t n, std::uint32_t seed, cudaStream_t stream);
-
-// *result = max_i |in[i]| as fp32 on the device (0 for n == 0; NaN if any element is NaN).
-// Exact and order-independent, hence bit-reproducible.
-void abs_max(const float* in, std::size_t n, float* result, cudaStream_t stream);
-void abs_max(const nv_bfloat16* in, std::size_t n, float* result, cudaStream_t stream);
 
 }  // namespace llmq::kernels

@@ -1,11 +1,15 @@
 // Device helpers shared by the kernel files: element conversion, 16-byte vector access,
-// warp/block reductions and stochastic rounding. Included only from .cu files.
+// warp/block reductions, abs-max folding, stochastic rounding, and the host-side launch helper
+// resident_blocks. Included only from .cu files.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+
+#include "core/errors.h"
 
 namespace llmq::kernels {
 
@@ -137,6 +141,25 @@ __device__ __forceinline__ void atomic_max_abs(float* absmax, float x) {
   // Reduce the bit patterns (not fmaxf, which drops NaN). __reduce_max_sync needs sm_80+.
   const unsigned int bits = __reduce_max_sync(0xffffffffu, __float_as_uint(fabsf(x)));
   if (threadIdx.x % kWarpSize == 0) atomicMax(reinterpret_cast<unsigned int*>(absmax), bits);
+}
+
+// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
+// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN). A thread folds its elements with
+// this and hands __uint_as_float(bits) to atomic_max_abs once at the end.
+__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
+  return max(bits, __float_as_uint(fabsf(v)));
+}
+
+// Blocks of `threads` threads that fit on the current GPU at once (one wave), for grid-stride kernels
+// with a fused abs-max: every thread loops about equally often and only the resident warps flush an
+// atomic. Host side.
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads) {
+  int device = 0, sms = 0, per_sm = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+  return std::max(1, sms * per_sm);
 }
 
 // ---- random numbers and stochastic rounding ------------------------------------------------------

@@ -47,12 +47,6 @@ constexpr int kBackwardThreadTarget = 65536;  // backward grid: about this many 
 constexpr int kReduceColumnThreads = 8;       // dw reduce block: 8 float4 column groups ...
 constexpr int kReducePartialThreads = 32;     // ... x 32 threads striding over the partial rows
 
-// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
-// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN).
-__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
-  return max(bits, __float_as_uint(fabsf(v)));
-}
-
 __device__ __forceinline__ bool vec_in_row(int j, int vecs_per_row) {
   return static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x) < vecs_per_row;
 }
@@ -251,17 +245,6 @@ void require_shapes(const char* op, int N, int C) {
                "{}: C={} exceeds the supported width {} (a row must fit the registers of one block); raise "
                "kElemsPerThread in rmsnorm.cu",
                op, C, rmsnorm_max_width());
-}
-
-// Blocks of `threads` threads that fit on the current GPU at once (one wave): the abs-max grid, so that
-// every thread loops about equally often and only the resident warps flush an atomic.
-template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads) {
-  int device = 0, sms = 0, per_sm = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  return std::max(1, sms * per_sm);
 }
 
 template <typename T, bool kFused>

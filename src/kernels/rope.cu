@@ -39,12 +39,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
-// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN).
-__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
-  return max(bits, __float_as_uint(fabsf(v)));
-}
-
 __global__ void rope_table_kernel(float2* __restrict__ cos_sin, int T, int Hs, float theta, bool round_to_bf16) {
   const int half = Hs / 2;
   const long idx = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -137,17 +131,6 @@ __global__ void rope_kernel(T* out, const T* in, const float2* __restrict__ cos_
 void require_aligned(const void* p, const char* what, const char* op) {
   LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
                "{}: {} at {} is not 16-byte aligned (kernels use 16-byte vector access)", op, what, p);
-}
-
-// Blocks of `threads` threads that fit on the current GPU at once (one wave): the abs-max grid, so that
-// every thread loops about equally often and only the resident warps flush an atomic.
-template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads) {
-  int device = 0, sms = 0, per_sm = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  return std::max(1, sms * per_sm);
 }
 
 template <typename T>

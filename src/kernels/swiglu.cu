@@ -30,12 +30,6 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-// Running max of |v| kept as the bit pattern: non-negative floats order like their bits and a NaN sorts
-// above inf, the order atomic_max_abs uses (fmaxf would drop a NaN).
-__device__ __forceinline__ unsigned int max_abs_bits(unsigned int bits, float v) {
-  return max(bits, __float_as_uint(fabsf(v)));
-}
-
 // Runs vector(idx) for idx < num_vecs: once per thread without an abs-max (the grid covers num_vecs: no
 // loop, the kernel as it was), in a grid-stride loop with one (capped grid).
 template <bool kLoop, typename F>
@@ -110,17 +104,6 @@ void require_args(const char* op, const void* a, const void* b, const void* c, i
     LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
                  "{}: pointer {} is not 16-byte aligned (kernels use 16-byte vector access)", op, p);
   }
-}
-
-// Blocks of `threads` threads that fit on the current GPU at once (one wave): the abs-max grid, so that
-// every thread loops about equally often and only the resident warps flush an atomic.
-template <typename Kernel>
-int resident_blocks(Kernel kernel, int threads) {
-  int device = 0, sms = 0, per_sm = 0;
-  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
-  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  LLMQ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-  return std::max(1, sms * per_sm);
 }
 
 template <typename T>

@@ -7,6 +7,7 @@
 
 #include "kernels/matmul.h"
 #include "kernels/quantize.h"
+#include "kernels/transpose.h"
 
 namespace llmq {
 
@@ -23,7 +24,8 @@ void require_fp8_shape(const ModelConfig& cfg, const char* what, std::int64_t n)
 }
 }  // namespace
 
-Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad)
+Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad,
+                     bool transpose_per_use)
     : fp8_dgrad_(fp8_dgrad), layers_(cfg.num_layers) {
   require_fp8_shape(cfg, "hidden_size", cfg.hidden_size);
   require_fp8_shape(cfg, "intermediate_size", cfg.intermediate_size);
@@ -31,7 +33,7 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
   require_fp8_shape(cfg, "the qkv width", cfg.qkv_channels());
 
   param_to_quant_.assign(layout.params().size(), -1);
-  std::int64_t max_in = 0, max_out = 0;
+  std::int64_t max_in = 0, max_out = 0, max_weight = 0;
   for (int l = 0; l < layout.num_layers(); ++l) {
     const LayerParamIds& ids = layout.layer(l);
     for (int param : {ids.qkv_w, ids.att_out_w, ids.mlp_up_w, ids.mlp_down_w}) {
@@ -40,10 +42,11 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
       q.param = param;
       q.rows = spec.rows();
       q.cols = spec.cols();
-      q.weight_offset = spec.offset;
       q.scale_slot = static_cast<int>(quants_.size());
       q.q = alloc.allocate_bytes(spec.name + " e4m3", spec.numel(), MemCategory::Quants);
-      if (fp8_dgrad) q.q_t = alloc.allocate_bytes(spec.name + "^T e4m3", spec.numel(), MemCategory::Quants);
+      if (fp8_dgrad && !transpose_per_use)
+        q.q_t = alloc.allocate_bytes(spec.name + "^T e4m3", spec.numel(), MemCategory::Quants);
+      max_weight = std::max(max_weight, spec.numel());
       param_to_quant_[param] = q.scale_slot;
       quants_.push_back(q);
       max_in = std::max(max_in, q.cols);
@@ -64,6 +67,8 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
                                  MemCategory::Quants);
     dy_q_t_ = alloc.allocate_bytes("fp8 GEMM gradient^T (e5m2)", static_cast<std::size_t>(rows) * max_out,
                                    MemCategory::Quants);
+    if (transpose_per_use)
+      w_t_ = alloc.allocate_bytes("fp8 weight^T (per use)", static_cast<std::size_t>(max_weight), MemCategory::Quants);
   }
 }
 
@@ -81,16 +86,12 @@ const Fp8Linear::QuantWeight& Fp8Linear::quant(int param) const {
   return quants_[index];
 }
 
-void Fp8Linear::prepare_weights(const nv_bfloat16* weights, cudaStream_t stream) {
-  if (weights_current_) return;
-  for (const QuantWeight& q : quants_) {
-    const nv_bfloat16* w = weights + q.weight_offset;
-    float* absmax = weight_absmax_ + q.scale_slot;
-    k::abs_max(absmax, w, static_cast<std::size_t>(q.rows * q.cols), stream);
-    k::quantize_transpose_fp8(q.q, q.q_t, DType::E4M3, weight_scale_inv_ + q.scale_slot * kScaleStride, w, absmax,
-                              static_cast<int>(q.rows), static_cast<int>(q.cols), stream);
-  }
-  weights_current_ = true;
+void Fp8Linear::quantize_weight(int param, const nv_bfloat16* w, cudaStream_t stream) {
+  const QuantWeight& q = quant(param);
+  float* absmax = weight_absmax_ + q.scale_slot;
+  k::abs_max(absmax, w, static_cast<std::size_t>(q.rows * q.cols), stream);
+  k::quantize_transpose_fp8(q.q, q.q_t, DType::E4M3, weight_scale_inv_ + q.scale_slot * kScaleStride, w, absmax,
+                            static_cast<int>(q.rows), static_cast<int>(q.cols), stream);
 }
 
 void Fp8Linear::forward(k::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
@@ -115,7 +116,12 @@ void Fp8Linear::backward(k::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw,
   float* x_scale_inv = act_scale_inv_;
   k::quantize_transpose_fp8(dy_q_, dy_q_t_, DType::E5M2, dy_scale_inv, dy, dy_absmax, rows, out_f, stream);
   // dx[rows, in_f] = dy[rows, out_f] @ (W^T[in_f, out_f])^T: both operands K-major (K = out_f).
-  k::matmul_fp8(mm, dx, DType::BF16, dy_q_, DType::E5M2, dy_scale_inv, w.q_t, DType::E4M3, w_scale_inv, rows, in_f,
+  const void* w_t = w.q_t;
+  if (!w_t) {
+    k::transpose_bytes(w_t_, w.q, w.rows, w.cols, stream);
+    w_t = w_t_;
+  }
+  k::matmul_fp8(mm, dx, DType::BF16, dy_q_, DType::E5M2, dy_scale_inv, w_t, DType::E4M3, w_scale_inv, rows, in_f,
                 out_f, /*accumulate=*/false, nullptr, /*fast_accum=*/false, stream);
   // dW[out_f, in_f] += dy^T[out_f, rows] @ (x^T[in_f, rows])^T: K = rows (the tokens).
   k::quantize_transpose_fp8(nullptr, x_q_, DType::E4M3, x_scale_inv, x, x_absmax, rows, in_f, stream);

@@ -13,8 +13,11 @@
 // (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are
 // zeroed at the start of every micro-step; the producers only max into them.
 //
-// Weights are quantized once per optimizer step (mark_weights_changed(), then the next
-// prepare_weights() re-quantizes) and reused by every micro-step.
+// Weights are quantized once per optimizer step (mark_weights_changed(); the model then calls
+// quantize_weight() for every block matrix and mark_weights_current()) and reused by every
+// micro-step. The data gradient needs W^T K-major: a second, transposed copy made at the same time,
+// or (transpose_per_use, when memory is short: --offload-master) a byte transpose of the one copy
+// into a scratch buffer just before each data-gradient GEMM; same bytes either way.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -38,7 +41,9 @@ enum class Fp8Slot : int { Ln1Out, Att, Ln2Out, SwigluOut, DResMlp, DMlpUp, DRes
 class Fp8Linear {
  public:
   // rows: the most rows one GEMM sees (B*T). fp8_dgrad: activation-gradient GEMMs in e5m2 x e4m3.
-  Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad);
+  // transpose_per_use: keep one FP8 copy per weight, transposing it for each data gradient.
+  Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad,
+            bool transpose_per_use = false);
 
   bool fp8_dgrad() const { return fp8_dgrad_; }
   float* absmax(int layer, Fp8Slot slot) const;
@@ -46,8 +51,10 @@ class Fp8Linear {
   // Zeroes every abs-max slot (start of a micro-step or an evaluation batch).
   void begin_micro_step(cudaStream_t stream);
   void mark_weights_changed() { weights_current_ = false; }
-  // Re-quantizes the block matrices from the bf16 weights if they changed since the last call.
-  void prepare_weights(const nv_bfloat16* weights, cudaStream_t stream);
+  void mark_weights_current() { weights_current_ = true; }
+  bool weights_current() const { return weights_current_; }
+  // Quantizes block matrix `param` from its bf16 values `w` (a device pointer).
+  void quantize_weight(int param, const nv_bfloat16* w, cudaStream_t stream);
 
   // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax.
   void forward(kernels::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
@@ -61,9 +68,9 @@ class Fp8Linear {
  private:
   struct QuantWeight {
     int param = -1;
-    std::int64_t rows = 0, cols = 0, weight_offset = 0;
+    std::int64_t rows = 0, cols = 0;
     void* q = nullptr;    // e4m3 [rows, cols]
-    void* q_t = nullptr;  // e4m3 [cols, rows], only with fp8_dgrad
+    void* q_t = nullptr;  // e4m3 [cols, rows], only with fp8_dgrad and not transpose_per_use
     int scale_slot = 0;   // index into weight_absmax_ / weight_scale_inv_
   };
   const QuantWeight& quant(int param) const;
@@ -80,6 +87,7 @@ class Fp8Linear {
   void* x_q_ = nullptr;                // e4m3 [rows, max in_f]; in the backward x^T [in_f, rows]
   void* dy_q_ = nullptr;               // e5m2 [rows, max out_f], only with fp8_dgrad
   void* dy_q_t_ = nullptr;             // e5m2 [max out_f, rows], only with fp8_dgrad
+  void* w_t_ = nullptr;                // e4m3 W^T of the current GEMM, only with transpose_per_use
 };
 
 }  // namespace llmq

@@ -10,4 +10,9 @@ namespace llmq {
 
 std::unique_ptr<Model> build_model(const TrainOptions& opts);
 
+// --auto-fit: replaces the recompute and offload flags (and, if nothing fits otherwise, the
+// micro-batch size and accumulation, keeping tokens per step) with the fastest choice that fits
+// --memory-limit (model/auto_fit.h), and prints it.
+void apply_auto_fit(TrainOptions& opts);
+
 }  // namespace llmq

@@ -72,6 +72,17 @@ ParamLayout::ParamLayout(const ModelConfig& cfg) {
     lm_head_ = add("lm_head", {V, C}, true, Init::Normal);
     map_hf("lm_head.weight", lm_head_, 0, V);
   }
+  layer_of_.assign(params_.size(), -1);
+  for (int l = 0; l < cfg.num_layers; ++l) {
+    const LayerParamIds& p = layers_[l];
+    for (int id : {p.ln1_w, p.qkv_w, p.qkv_b, p.att_out_w, p.ln2_w, p.mlp_up_w, p.mlp_down_w})
+      if (id >= 0) layer_of_[id] = l;
+  }
+}
+
+std::int64_t ParamLayout::padded_numel(int param) const {
+  const std::int64_t next = param + 1 < static_cast<int>(params_.size()) ? params_[param + 1].offset : total_;
+  return next - params_.at(param).offset;
 }
 
 }  // namespace llmq

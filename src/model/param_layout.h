@@ -51,6 +51,9 @@ class ParamLayout {
   int final_norm() const { return final_norm_; }
   int lm_head() const { return lm_head_; }  // == embedding() when tied
   const LayerParamIds& layer(int l) const { return layers_.at(l); }
+  int layer_of(int param) const { return layer_of_.at(param); }  // -1 outside the blocks
+  // Elements from the parameter's offset to the next one's (its size with alignment padding).
+  std::int64_t padded_numel(int param) const;
   int num_layers() const { return static_cast<int>(layers_.size()); }
 
   // Every HF tensor of the model (tied models have no lm_head.weight).
@@ -63,6 +66,7 @@ class ParamLayout {
   std::vector<ParamSpec> params_;
   std::vector<HfSlice> hf_;
   std::vector<LayerParamIds> layers_;
+  std::vector<int> layer_of_;
   int embedding_ = -1, final_norm_ = -1, lm_head_ = -1;
   std::int64_t total_ = 0;
 };

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/planning_backend.h"
 #include "core/safetensors.h"
 #include "kernels/attention.h"
 #include "kernels/bias.h"
@@ -19,7 +20,10 @@
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
-#include "model/moment_streamer.h"
+#include "model/layer_streamer.h"
+#include "model/memory_hints.h"
+#include "model/param_store.h"
+#include "model/state_streamer.h"
 #include "model/fp8_linear.h"
 #include "model/qwen_util.h"
 
@@ -27,7 +31,12 @@ namespace llmq {
 
 template <typename T>
 QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
-    : cfg_(cfg), opts_(opts), layout_(cfg), alloc_(opts.memory_limit) {
+    : cfg_(cfg),
+      opts_(opts),
+      layout_(cfg),
+      alloc_(opts.plan_only ? std::nullopt : opts.memory_limit,
+             opts.plan_only ? make_planning_backend(opts.memory_limit.value_or(0)) : make_cuda_backend()) {
+  alloc_.set_shrink_hints(memory_shrink_hints());
   LLMQ_REQUIRE(opts.model_dtype == element_dtype<T>(), "internal error: model dtype mismatch");
   LLMQ_REQUIRE(opts.seq_len <= cfg.max_position_embeddings,
                "--seq-len={} exceeds the model's max_position_embeddings={} ({})", opts.seq_len,
@@ -36,28 +45,16 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
                "model {}: hidden size, MLP width must be multiples of 8 and the head size of 16", cfg.name);
   LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
-  const std::int64_t P = layout_.total_elements();
-  weights_ = alloc_.allocate("weights", element_dtype<T>(), {P}, MemCategory::Weights);
-  grads_ = alloc_.allocate("gradients", element_dtype<T>(), {P}, MemCategory::Gradients);
-  const MemKind offload_kind = opts.write_combined ? MemKind::WriteCombined : MemKind::Pinned;
-  adam_m_ = alloc_.allocate("adam m", opts.opt_m_dtype, {P}, MemCategory::AdamM,
-                            opts.offload_opt_m ? offload_kind : MemKind::Device);
-  adam_v_ = alloc_.allocate("adam v", opts.opt_v_dtype, {P}, MemCategory::AdamV,
-                            opts.offload_opt_v ? offload_kind : MemKind::Device);
-  for (const Tensor& t : {grads_, adam_m_, adam_v_}) {
-    if (t.location == Location::Host)
-      std::memset(t.data, 0, t.bytes());
-    else
-      LLMQ_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream_));
-  }
-  moments_ = std::make_unique<MomentStreamer>(alloc_, adam_m_, adam_v_, opts.use_zero_copy, opts.offload_chunk_elements);
-
+  make_state_stores();
   run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks,
                                     opts.recompute);
   if (opts.matmul_dtype == DType::E4M3) {
     LLMQ_REQUIRE((std::is_same_v<T, nv_bfloat16>), "--matmul-dtype=e4m3 needs --model-dtype=bf16");
-    fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2);
+    fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2,
+                                       /*transpose_per_use=*/opts.offload_master);
   }
+  stream_weights_forward_ = weights_->any_offloaded() && !fp8_;
+  stream_weights_backward_ = weights_->any_offloaded() && !(fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0);
 
   matmul_workspace_ = alloc_.allocate_bytes("cuBLASLt workspace", kernels::MatmulContext::kRecommendedWorkspaceBytes,
                                             MemCategory::Workspace);
@@ -72,7 +69,8 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   }
 
   rope_table_ = alloc_.allocate("rope cos/sin", DType::FP32, {opts.seq_len, cfg.head_size}, MemCategory::Other);
-  kernels::rope_cos_sin_table(reinterpret_cast<float2*>(rope_table_.data), opts.seq_len, cfg.head_size,
+  if (!opts.plan_only)
+    kernels::rope_cos_sin_table(reinterpret_cast<float2*>(rope_table_.data), opts.seq_len, cfg.head_size,
                               static_cast<float>(cfg.rope_theta), std::is_same_v<T, nv_bfloat16>, stream_);
   embedding_plan_ = alloc_.allocate("embedding plan", DType::INT32,
                                     {static_cast<std::int64_t>(kernels::embedding_backward_plan_elements(run_->N))},
@@ -82,8 +80,10 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   norm_scratch_ = alloc_.allocate("reduction scratch", DType::UINT8, {static_cast<std::int64_t>(norm_scratch)}, MemCategory::Other);
   loss_scratch_ = alloc_.allocate("loss scratch", DType::UINT8, {static_cast<std::int64_t>(kernels::loss_sum_scratch_bytes())},
                                   MemCategory::Other);
+  const int num_params = static_cast<int>(layout_.params().size());
   norm_partials_ = alloc_.allocate("norm partials", DType::UINT8,
-                                   {static_cast<std::int64_t>(kernels::global_norm_partials_bytes(1))}, MemCategory::Other);
+                                   {static_cast<std::int64_t>(kernels::global_norm_partials_bytes(num_params))},
+                                   MemCategory::Other);
   const std::int64_t accum = opts.grad_accumulation;
   step_stats_ = alloc_.allocate("step stats", DType::FP32, {2 + accum}, MemCategory::Other);
   valid_counts_ = alloc_.allocate("valid counts", DType::INT32, {accum + 1}, MemCategory::Other);
@@ -99,13 +99,48 @@ QwenModel<T>::~QwenModel() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+// Weights, gradients and the Adam moments, each a ParamStore: the block matrices of a store whose
+// --offload-* flag is set live in pinned host memory, everything else on the device.
+template <typename T>
+void QwenModel<T>::make_state_stores() {
+  const std::vector<ParamSpec>& params = layout_.params();
+  std::vector<bool> block_matrix(params.size(), false), none(params.size(), false), all(params.size(), true);
+  for (int l = 0; l < layout_.num_layers(); ++l) {
+    const LayerParamIds& p = layout_.layer(l);
+    for (int id : {p.qkv_w, p.att_out_w, p.mlp_up_w, p.mlp_down_w}) block_matrix[id] = true;
+  }
+  const MemKind host = opts_.write_combined ? MemKind::WriteCombined : MemKind::Pinned;
+  const DType t = element_dtype<T>();
+  weights_ = std::make_unique<ParamStore>(alloc_, "weights", t, MemCategory::Weights, layout_,
+                                          opts_.offload_master ? block_matrix : none, host);
+  grads_ = std::make_unique<ParamStore>(alloc_, "gradients", t, MemCategory::Gradients, layout_,
+                                        opts_.offload_gradients ? block_matrix : none, host);
+  adam_m_ = std::make_unique<ParamStore>(alloc_, "adam m", opts_.opt_m_dtype, MemCategory::AdamM, layout_,
+                                         opts_.offload_opt_m ? all : none, host);
+  adam_v_ = std::make_unique<ParamStore>(alloc_, "adam v", opts_.opt_v_dtype, MemCategory::AdamV, layout_,
+                                         opts_.offload_opt_v ? all : none, host);
+  if (!opts_.plan_only)
+    for (const ParamStore* store : {grads_.get(), adam_m_.get(), adam_v_.get()}) store->zero(stream_);
+  if (weights_->any_offloaded())
+    weight_layers_ = std::make_unique<LayerStreamer>(alloc_, *weights_, layout_, "weights", MemCategory::Weights);
+  if (grads_->any_offloaded())
+    grad_layers_ = std::make_unique<LayerStreamer>(alloc_, *grads_, layout_, "gradients", MemCategory::Gradients);
+  state_ = std::make_unique<StateStreamer>(
+      alloc_,
+      std::vector<StateStreamer::Role>{{weights_.get(), true}, {grads_.get(), false}, {adam_m_.get(), true},
+                                       {adam_v_.get(), true}},
+      opts_.use_zero_copy, opts_.offload_chunk_elements);
+}
+
 template <typename T>
 T* QwenModel<T>::weight(int param) const {
-  return weights_.get<T>() + layout_[param].offset;
+  if (weights_->offloaded(param)) return reinterpret_cast<T*>(weight_layers_->device_ptr(param));
+  return reinterpret_cast<T*>(weights_->param_ptr(param));
 }
 template <typename T>
 T* QwenModel<T>::grad(int param) const {
-  return grads_.get<T>() + layout_[param].offset;
+  if (grads_->offloaded(param)) return reinterpret_cast<T*>(grad_layers_->device_ptr(param));
+  return reinterpret_cast<T*>(grads_->param_ptr(param));
 }
 
 template <typename T>
@@ -115,15 +150,15 @@ double QwenModel<T>::training_flops_per_token() const {
 
 template <typename T>
 void QwenModel<T>::init_random(std::uint64_t seed) {
-  LLMQ_CUDA_CHECK(cudaMemsetAsync(weights_.data, 0, weights_.bytes(), stream_));  // alignment padding too
+  weights_->zero(stream_);  // alignment padding too
   constexpr float kInitStd = 0.02f;  // transformers' initializer_range for Qwen2
   std::vector<bool> zero_init(layout_.params().size(), false);
   if (opts_.init_proj_to_zero)
     for (int l = 0; l < layout_.num_layers(); ++l)
       zero_init[layout_.layer(l).att_out_w] = zero_init[layout_.layer(l).mlp_down_w] = true;
-  for (std::size_t i = 0; i < layout_.params().size(); ++i) {
-    const ParamSpec& p = layout_.params()[i];
-    T* w = weight(static_cast<int>(i));
+  auto init = [&](int i) {
+    const ParamSpec& p = layout_[i];
+    T* w = weight(i);
     switch (zero_init[i] ? ParamSpec::Init::Zeros : p.init) {
       case ParamSpec::Init::Normal:
         kernels::init_normal(w, p.numel(), kInitStd, param_seed(seed, i), stream_);
@@ -131,7 +166,17 @@ void QwenModel<T>::init_random(std::uint64_t seed) {
       case ParamSpec::Init::Ones: kernels::fill_constant(w, p.numel(), 1.f, stream_); break;
       case ParamSpec::Init::Zeros: kernels::fill_constant(w, p.numel(), 0.f, stream_); break;
     }
+  };
+  // Offloaded block matrices are made in a layer slot and written back to host memory.
+  for (int l = 0; weight_layers_ && l < layout_.num_layers(); ++l) {
+    weight_layers_->acquire_for_update(l, /*from_host=*/false, stream_);
+    for (int i = 0; i < static_cast<int>(layout_.params().size()); ++i)
+      if (weights_->offloaded(i) && layout_.layer_of(i) == l) init(i);
+    weight_layers_->write_back(l, stream_);
   }
+  for (int i = 0; i < static_cast<int>(layout_.params().size()); ++i)
+    if (!weights_->offloaded(i)) init(i);
+  weights_changed();
   LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
@@ -147,12 +192,25 @@ void QwenModel<T>::load_hf_weights(const std::filesystem::path& weights_path) {
     else
       read_into(file.get(s.hf_name), dst, element_dtype<T>(), {s.rows, p.cols()});
   }
-  LLMQ_CUDA_CHECK(cudaMemcpy(weights_.data, host.data(), weights_.bytes(), cudaMemcpyHostToDevice));
+  weights_->upload(reinterpret_cast<const std::byte*>(host.data()), stream_);
+  weights_changed();
+}
+
+// Everything that caches the weights (offloaded layer slots, FP8 copies) must reread them.
+template <typename T>
+void QwenModel<T>::weights_changed() {
+  if (weight_layers_) {
+    weight_layers_->synchronize_into(stream_);
+    weight_layers_->invalidate(stream_);
+  }
+  if (fp8_) fp8_->mark_weights_changed();
 }
 
 template <typename T>
-void QwenModel<T>::write_hf_tensors(const Tensor& flat, const std::filesystem::path& file, bool as_fp32) const {
-  std::vector<T> host = download<T>(flat, stream_);
+void QwenModel<T>::write_hf_tensors(const ParamStore& flat, const std::filesystem::path& file, bool as_fp32) const {
+  const std::vector<std::byte> bytes = flat.download(stream_);
+  std::vector<T> host(bytes.size() / sizeof(T));
+  std::memcpy(host.data(), bytes.data(), bytes.size());
   std::vector<float> host_f32;
   if (as_fp32) host_f32 = to_float_host(host);
   SafeTensorsWriter writer;
@@ -175,36 +233,31 @@ void QwenModel<T>::write_hf_tensors(const Tensor& flat, const std::filesystem::p
 template <typename T>
 void QwenModel<T>::export_model(const std::filesystem::path& dir) const {
   std::filesystem::create_directories(dir);
-  write_hf_tensors(weights_, dir, /*as_fp32=*/false);
+  write_hf_tensors(*weights_, dir, /*as_fp32=*/false);
   std::ofstream(dir / "config.json") << to_hf_config_json(cfg_, element_dtype<T>()).dump(2) << "\n";
 }
 
 template <typename T>
 void QwenModel<T>::export_gradients(const std::filesystem::path& file) const {
-  write_hf_tensors(grads_, file, /*as_fp32=*/true);
+  if (grad_layers_) grad_layers_->synchronize_into(stream_);
+  write_hf_tensors(*grads_, file, /*as_fp32=*/true);
 }
 
 namespace {
 constexpr const char* kCheckpointFile = "model_state.safetensors";
-
-// The bytes of a tensor in device or pinned host memory (offloaded Adam moments), once `stream` is done.
-std::vector<std::byte> tensor_bytes(const Tensor& t, cudaStream_t stream) {
-  std::vector<std::byte> host(t.bytes());
-  LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-  LLMQ_CUDA_CHECK(cudaMemcpy(host.data(), t.data, t.bytes(), cudaMemcpyDefault));
-  return host;
-}
 }  // namespace
 
 template <typename T>
 void QwenModel<T>::save_checkpoint(const std::filesystem::path& dir) const {
-  std::vector<std::byte> w = tensor_bytes(weights_, stream_), m = tensor_bytes(adam_m_, stream_),
-                         v = tensor_bytes(adam_v_, stream_);
   SafeTensorsWriter writer;
   const std::int64_t P = layout_.total_elements();
-  writer.add("weights", weights_.dtype, {P}, w.data());
-  writer.add("adam_m", adam_m_.dtype, {P}, m.data());
-  writer.add("adam_v", adam_v_.dtype, {P}, v.data());
+  std::vector<std::vector<std::byte>> bytes;
+  bytes.reserve(3);
+  for (auto [name, store] : {std::pair<const char*, const ParamStore*>{"weights", weights_.get()},
+                             {"adam_m", adam_m_.get()}, {"adam_v", adam_v_.get()}}) {
+    bytes.push_back(store->download(stream_));
+    writer.add(name, store->dtype(), {P}, bytes.back().data());
+  }
   writer.set_metadata({{"format", "pt"}, {"model", cfg_.name}, {"layout_elements", std::to_string(P)}});
   writer.write(dir / kCheckpointFile);
 }
@@ -213,18 +266,17 @@ template <typename T>
 void QwenModel<T>::load_checkpoint(const std::filesystem::path& dir) {
   SafeTensorsFile file = SafeTensorsFile::open(dir / kCheckpointFile);
   const std::int64_t P = layout_.total_elements();
-  LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream_));  // nothing may still read the tensors being replaced
-  for (auto [name, tensor] : {std::pair<const char*, const Tensor*>{"weights", &weights_}, {"adam_m", &adam_m_},
-                              {"adam_v", &adam_v_}}) {
+  for (auto [name, store] : {std::pair<const char*, const ParamStore*>{"weights", weights_.get()},
+                             {"adam_m", adam_m_.get()}, {"adam_v", adam_v_.get()}}) {
     const SafeTensorInfo& info = file.get(name);
-    LLMQ_REQUIRE(info.dtype == tensor->dtype && info.numel() == P,
+    LLMQ_REQUIRE(info.dtype == store->dtype() && info.numel() == P,
                  "checkpoint {}: '{}' is {}{} but this run needs {}[{}] (different model or dtype flags?)",
-                 dir.string(), name, dtype_name(info.dtype), info.shape_string(), dtype_name(tensor->dtype), P);
-    std::vector<std::byte> host(tensor->bytes());
-    read_into(info, host.data(), tensor->dtype, {P});
-    LLMQ_CUDA_CHECK(cudaMemcpy(tensor->data, host.data(), host.size(), cudaMemcpyDefault));  // device or pinned
+                 dir.string(), name, dtype_name(info.dtype), info.shape_string(), dtype_name(store->dtype()), P);
+    std::vector<std::byte> host(static_cast<std::size_t>(P) * dtype_size(store->dtype()));
+    read_into(info, host.data(), store->dtype(), {P});
+    store->upload(host.data(), stream_);  // waits for everything that still reads the old values
   }
-  if (fp8_) fp8_->mark_weights_changed();
+  weights_changed();
 }
 
 template class QwenModel<float>;
@@ -239,10 +291,27 @@ std::unique_ptr<Model> make_qwen_model(const ModelConfig& cfg, const QwenModelOp
       model->load_hf_weights(weights_path);
     return model;
   };
+  LLMQ_REQUIRE(!opts.plan_only, "internal error: a planning model cannot train (use plan_qwen_memory)");
   if (opts.model_dtype == DType::FP32) return build(std::make_unique<QwenModel<float>>(cfg, opts));
   LLMQ_REQUIRE(opts.model_dtype == DType::BF16, "--model-dtype={} is not supported (use fp32 or bf16)",
                dtype_name(opts.model_dtype));
   return build(std::make_unique<QwenModel<nv_bfloat16>>(cfg, opts));
+}
+
+MemoryPlan plan_qwen_memory(const ModelConfig& cfg, QwenModelOptions opts) {
+  opts.plan_only = true;
+  auto plan = [](const Model& model) {
+    const Allocator& alloc = model.allocator();
+    MemoryPlan p;
+    p.device_bytes = alloc.device_peak();
+    for (int c = 0; c < static_cast<int>(MemCategory::kCount); ++c)
+      for (MemKind kind : {MemKind::Pinned, MemKind::WriteCombined})
+        p.host_bytes += alloc.in_use(static_cast<MemCategory>(c), kind);
+    p.report = alloc.state_report();
+    return p;
+  };
+  if (opts.model_dtype == DType::FP32) return plan(QwenModel<float>(cfg, opts));
+  return plan(QwenModel<nv_bfloat16>(cfg, opts));
 }
 
 }  // namespace llmq

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -34,15 +35,31 @@ struct QwenModelOptions {
   bool init_proj_to_zero = false;  // random init: attention-out and MLP-down projections start at zero
   std::optional<std::size_t> memory_limit;
   RecomputeOptions recompute;  // activations the backward pass recomputes (see run_state.h)
-  // Adam moments in pinned host memory (see moment_streamer.h): streamed through device staging
-  // buffers in chunks, or read and written in place by the AdamW kernel with use_zero_copy.
+  // Parameter state in pinned host memory (see param_store.h). The optimizer streams it through
+  // device staging buffers in chunks (state_streamer.h), or reads and writes it in place with
+  // use_zero_copy. Offloaded weights and gradients are the block matrices (QKV, attention out, MLP
+  // up and down); the forward and backward passes reach them one layer at a time through two
+  // device slots (layer_streamer.h). Embeddings, LM head, norms and biases stay on the device.
+  bool offload_master = false;
+  bool offload_gradients = false;
   bool offload_opt_m = false;
   bool offload_opt_v = false;
   bool use_zero_copy = false;
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
   bool use_cuda_graphs = false;  // replay each micro-step's kernels as a CUDA graph (see qwen_step.cpp)
+  // Sizing only (plan_qwen_memory): allocations are recorded, never backed by memory, never touched.
+  bool plan_only = false;
 };
+
+// What a configuration needs: device bytes (the allocator's peak, library workspaces included,
+// which must fit --memory-limit) and pinned host bytes, without allocating either.
+struct MemoryPlan {
+  std::size_t device_bytes = 0;
+  std::size_t host_bytes = 0;
+  std::string report;  // the [Allocator State] table of the planned run
+};
+MemoryPlan plan_qwen_memory(const ModelConfig& cfg, QwenModelOptions opts);
 
 // Builds the model: weights from `weights_path` (a safetensors file, index or directory) or, when
 // it is empty, random initialisation the way transformers does it.
@@ -54,7 +71,9 @@ class MatmulContext;
 class AttentionContext;
 struct AdamWConfig;
 }  // namespace kernels
-class MomentStreamer;
+class ParamStore;
+class LayerStreamer;
+class StateStreamer;
 class Fp8Linear;
 enum class Fp8Slot : int;
 
@@ -87,7 +106,7 @@ class QwenModel final : public Model {
   void forward();
   // LM head + cross-entropy, chunked; with `backward` also d(final_out) and the LM head gradient.
   void lm_head_loss(bool backward, float grad_scale);
-  void backward();
+  void backward(int micro_step);
   // Everything of a micro-step after its host-dependent uploads: no host input, so capturable.
   void micro_step_kernels(float grad_scale, int micro_step);
   // Captures micro_step_kernels into step_graph_ (instantiated once, then updated) and launches it.
@@ -125,11 +144,23 @@ class QwenModel final : public Model {
                              int in_f, int out_f);
   float* fp8_absmax(int l, Fp8Slot slot) const;
   void prepare_fp8();  // re-quantizes changed weights, zeroes the abs-max slots
-  // AdamW on flat elements [begin, end) of parameter `param`; m and v address element `begin`.
-  void apply_adamw(int param, std::int64_t begin, std::int64_t end, void* m, void* v,
+  // Offloaded block weights / gradients of layer l: into a device slot before its work, and out
+  // after it (see layer_streamer.h); no-ops when nothing is offloaded.
+  void acquire_layer_weights(int l, int next);
+  void release_layer_weights(int l);
+  void acquire_layer_grads(int l, int micro_step);
+  void finish_layer_grads(int l, int micro_step);
+  // Sum of squares of parameter `param`'s gradient into its global-norm slot.
+  void gradient_norm_partial(int param);
+  // AdamW on flat elements [begin, end) of parameter `param`; `at` holds device-accessible
+  // addresses of element `begin` of the weights, gradients, Adam m and Adam v.
+  using StatePointers = std::array<void*, 4>;
+  void apply_adamw(int param, std::int64_t begin, std::int64_t end, const StatePointers& at,
                    const kernels::AdamWConfig& config, const float* clip_scale);
-  void write_hf_tensors(const Tensor& flat, const std::filesystem::path& file, bool as_fp32) const;
+  void write_hf_tensors(const ParamStore& flat, const std::filesystem::path& file, bool as_fp32) const;
 
+  void make_state_stores();
+  void weights_changed();  // after the weights were rewritten: layer slots and FP8 copies are stale
   T* weight(int param) const;
   T* grad(int param) const;
 
@@ -144,14 +175,18 @@ class QwenModel final : public Model {
   void* attention_workspace_ = nullptr;
   std::size_t attention_workspace_bytes_ = 0;
 
-  Tensor weights_, grads_, adam_m_, adam_v_;  // flat, see ParamLayout
-  std::unique_ptr<MomentStreamer> moments_;   // how the optimizer reaches adam_m_ / adam_v_
+  // Flat state, see ParamLayout; each store may keep parts in pinned host memory.
+  std::unique_ptr<ParamStore> weights_, grads_, adam_m_, adam_v_;
+  std::unique_ptr<LayerStreamer> weight_layers_, grad_layers_;  // only for offloaded stores
+  std::unique_ptr<StateStreamer> state_;      // how the optimizer reaches all four stores
+  bool stream_weights_forward_ = false;      // the forward reads offloaded bf16/fp32 block matrices
+  bool stream_weights_backward_ = false;     // so does the backward
   std::unique_ptr<Fp8Linear> fp8_;            // only with --matmul-dtype=e4m3
   std::unique_ptr<RunState> run_;
   Tensor rope_table_;                         // float2 [T, Hs/2]
   Tensor embedding_plan_;                     // int32, see kernels/embedding.h
   Tensor norm_scratch_;                       // scratch of the rmsnorm / bias gradient reductions
-  Tensor loss_scratch_, norm_partials_;       // scratch of loss_sum and the global norm
+  Tensor loss_scratch_, norm_partials_;       // scratch of loss_sum; global-norm partials, one slot per parameter
   Tensor step_stats_;                         // fp32 [2 + accum]: norm, clip scale, loss sum per micro-batch
   Tensor valid_counts_;                       // int32 [accum + 1]: valid targets per micro-batch (+ eval)
   std::vector<float> micro_valid_;            // host copy of the valid target counts of this step

@@ -29,6 +29,8 @@
 #include "kernels/swiglu.h"
 #include "kernels/quantize.h"
 #include "model/fp8_linear.h"
+#include "model/layer_streamer.h"
+#include "model/param_store.h"
 #include "model/qwen_model.h"
 #include "model/qwen_util.h"
 
@@ -220,9 +222,50 @@ void QwenModel<T>::forward() {
                        cfg_.vocab_size, cfg_.hidden_size, stream_);
   ln1_forward(0, /*save_rstd=*/true);  // later layers' ln1 is fused into the previous layer's residual add
   for (int l = 0; l < cfg_.num_layers; ++l) {
+    if (stream_weights_forward_) acquire_layer_weights(l, l + 1);
     attention_block_forward(l);
     mlp_block_forward(l);
+    if (stream_weights_forward_) release_layer_weights(l);
   }
+}
+
+// ---- offloaded layers (layer_streamer.h) -------------------------------------------------------
+
+template <typename T>
+void QwenModel<T>::acquire_layer_weights(int l, int next) {
+  weight_layers_->fetch(l, stream_);
+  weight_layers_->prefetch(next);
+}
+
+template <typename T>
+void QwenModel<T>::release_layer_weights(int l) {
+  weight_layers_->release(l, stream_);
+}
+
+// The first micro-step of an optimizer step starts each layer's gradients from zero, later ones
+// accumulate onto the sums so far, which come back from host memory.
+template <typename T>
+void QwenModel<T>::acquire_layer_grads(int l, int micro_step) {
+  if (!grad_layers_) return;
+  grad_layers_->acquire_for_update(l, /*from_host=*/micro_step > 0, stream_);
+  if (micro_step > 0) grad_layers_->prefetch(l - 1);
+}
+
+// After the step's last micro-step a layer's gradients are final: their norm partials are taken
+// from the device slot, before it goes back to host memory.
+template <typename T>
+void QwenModel<T>::finish_layer_grads(int l, int micro_step) {
+  if (!grad_layers_) return;
+  if (micro_step == opts_.grad_accumulation - 1)
+    for (int param = 0; param < static_cast<int>(layout_.params().size()); ++param)
+      if (layout_.layer_of(param) == l && grads_->offloaded(param)) gradient_norm_partial(param);
+  grad_layers_->write_back(l, stream_);
+}
+
+template <typename T>
+void QwenModel<T>::gradient_norm_partial(int param) {
+  k::global_norm_squares(grad(param), static_cast<std::size_t>(layout_[param].numel()),
+                         reinterpret_cast<float*>(norm_partials_.data), param, stream_);
 }
 
 // Refills, in forward order, what the recompute plan shares across layers; the rstd vectors are
@@ -262,7 +305,7 @@ void QwenModel<T>::lm_head_loss(bool backward, float grad_scale) {
 }
 
 template <typename T>
-void QwenModel<T>::backward() {
+void QwenModel<T>::backward(int micro_step) {
   RunState& r = *run_;
   const int N = r.N, C = cfg_.hidden_size, D = cfg_.intermediate_size;
   const int Hq = cfg_.num_query_heads, Hkv = cfg_.num_kv_heads, Hs = cfg_.head_size;
@@ -275,6 +318,8 @@ void QwenModel<T>::backward() {
                       r.residual[cfg_.num_layers].get<T>(), weight(layout_.final_norm()), r.final_rstd.get<float>(),
                       N, C, stream_, fp8_absmax(cfg_.num_layers - 1, Fp8Slot::DResMlp));
   for (int l = cfg_.num_layers - 1; l >= 0; --l) {
+    if (stream_weights_backward_) acquire_layer_weights(l, l - 1);
+    acquire_layer_grads(l, micro_step);
     recompute_layer(l);
     const LayerParamIds& p = layout_.layer(l);
     LayerActivations& a = r.layers[l];
@@ -303,17 +348,28 @@ void QwenModel<T>::backward() {
                           cfg_.qkv_channels());
     k::rmsnorm_backward(d_res, grad(p.ln1_w), scratch, d_res, r.d_ln.get<T>(), r.residual[l].get<T>(),
                         weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_, fp8_absmax(l - 1, Fp8Slot::DResMlp));
+    finish_layer_grads(l, micro_step);
+    if (stream_weights_backward_) release_layer_weights(l);
   }
   // embedding_plan_ was uploaded before the forward (upload_embedding_plan); stream order makes it ready.
   k::embedding_backward(grad(layout_.embedding()), d_res, embedding_plan_.get<std::int32_t>(), N, cfg_.vocab_size, C,
                         stream_);
 }
 
+// Quantizes the block matrices once per optimizer step (offloaded ones pass through a layer slot).
 template <typename T>
 void QwenModel<T>::prepare_fp8() {
   if constexpr (std::is_same_v<T, nv_bfloat16>) {
     if (!fp8_) return;
-    fp8_->prepare_weights(weights_.get<T>(), stream_);
+    if (!fp8_->weights_current()) {
+      for (int l = 0; l < cfg_.num_layers; ++l) {
+        if (weight_layers_) acquire_layer_weights(l, l + 1);
+        const LayerParamIds& p = layout_.layer(l);
+        for (int param : {p.qkv_w, p.att_out_w, p.mlp_up_w, p.mlp_down_w}) fp8_->quantize_weight(param, weight(param), stream_);
+        if (weight_layers_) release_layer_weights(l);
+      }
+      fp8_->mark_weights_current();
+    }
     fp8_->begin_micro_step(stream_);
   }
 }
@@ -354,7 +410,7 @@ void QwenModel<T>::micro_step_kernels(float grad_scale, int micro_step) {
   k::loss_sum(run_->losses.get<float>(), run_->targets.get<std::int32_t>(), run_->N,
               step_stats_.get<float>() + 2 + micro_step, valid_counts_.get<std::int32_t>() + micro_step,
               loss_scratch_.data, stream_);
-  backward();
+  backward(micro_step);
 }
 
 template <typename T>

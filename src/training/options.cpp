@@ -40,8 +40,8 @@ constexpr FeatureGate kFeatureGates[] = {
     {"--memcpy-send-recv", "", false, 0, [](const TrainOptions& o) { return o.memcpy_send_recv; }},
     {"--all-to-all-reduce", "", false, 0, [](const TrainOptions& o) { return o.all_to_all_reduce; }},
     // offloading
-    {"--offload-master", "", false, 5, [](const TrainOptions& o) { return o.offload_master; }},
-    {"--offload-gradients", "", false, 5, [](const TrainOptions& o) { return o.offload_gradients; }},
+    {"--offload-master", "", true, 5, [](const TrainOptions& o) { return o.offload_master; }},
+    {"--offload-gradients", "", true, 5, [](const TrainOptions& o) { return o.offload_gradients; }},
     {"--offload-residual", "", false, 5, [](const TrainOptions& o) { return o.offload_residual; }},
     {"--offload-quants", "", false, 5, [](const TrainOptions& o) { return o.offload_quants; }},
     {"--persistent-quants", "", false, 5, [](const TrainOptions& o) { return o.persistent_quants; }},
@@ -53,7 +53,7 @@ constexpr FeatureGate kFeatureGates[] = {
     {"--custom-matmul", "", false, 0, [](const TrainOptions& o) { return o.custom_matmul; }},
     {"--attn-bwd-chunks", "> 1", false, 0, [](const TrainOptions& o) { return o.attn_bwd_chunks > 1; }},
     // memory planning and debugging
-    {"--auto-fit", "", false, 5, [](const TrainOptions& o) { return o.auto_fit; }},
+    {"--auto-fit", "", true, 5, [](const TrainOptions& o) { return o.auto_fit; }},
     {"--debug-log-allocations", "", false, 0, [](const TrainOptions& o) { return o.debug_log_allocations >= 0; }},
     {"--debug-time-breakdown", "", false, 0, [](const TrainOptions& o) { return o.debug_time_breakdown; }},
     {"--debug-log-abs-max", "", false, 0, [](const TrainOptions& o) { return o.debug_log_abs_max > 0; }},
@@ -235,11 +235,13 @@ void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
   flag(app, "--recompute-block", o.recompute_block, "Recompute the whole block (implies att, ffn and norm)")
       ->group(g);
   flag(app, "--offload-residual", o.offload_residual, "Keep the residual stream in pinned host memory")->group(g);
-  flag(app, "--offload-master", o.offload_master, "Keep master weights in pinned host memory")->group(g);
+  flag(app, "--offload-master", o.offload_master,
+       "Keep the block weight matrices in pinned host memory (streamed per layer)")->group(g);
   flag(app, "--offload-opt-m", o.offload_opt_m, "Keep Adam's first moment in pinned host memory")->group(g);
   flag(app, "--offload-opt-v", o.offload_opt_v, "Keep Adam's second moment in pinned host memory")->group(g);
-  flag(app, "--offload-gradients", o.offload_gradients, "Keep gradients in pinned host memory")->group(g);
-  flag(app, "--use-zero-copy", o.use_zero_copy, "Access offloaded optimizer state in place instead of copying")
+  flag(app, "--offload-gradients", o.offload_gradients,
+       "Keep the block weight gradients in pinned host memory (streamed per layer)")->group(g);
+  flag(app, "--use-zero-copy", o.use_zero_copy, "The optimizer reads offloaded state in place instead of copying")
       ->group(g);
   flag(app, "--write-combined,--use-write-combined", o.write_combined,
        "Use write-combined memory for offloaded tensors")
@@ -248,7 +250,7 @@ void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
                                "Device-memory budget, e.g. 16GiB, 24GB, 512MiB (default: the whole GPU)")
                     ->option_text("SIZE=none")
                     ->group(g);
-  flag(app, "--auto-fit", o.auto_fit, "Choose batch size and recomputation to fit --memory-limit")
+  flag(app, "--auto-fit", o.auto_fit, "Choose the fastest recompute/offload flags (and micro-batch) that fit --memory-limit")
       ->needs(limit)
       ->group(g);
 }
@@ -402,6 +404,9 @@ void validate(const TrainOptions& o) {
   LLMQ_REQUIRE(o.steps == -1 || static_cast<long>(o.warmup) + o.cooldown <= o.steps,
                "--warmup {} + --cooldown {} exceed --steps {}: shorten them or raise --steps", o.warmup, o.cooldown,
                o.steps);
+  LLMQ_REQUIRE(!(o.use_cuda_graphs && (o.offload_master || o.offload_gradients)),
+               "--use-cuda-graphs cannot be combined with --offload-master or --offload-gradients (their per-layer "
+               "copies run on streams outside the graph): leave out --use-cuda-graphs");
   LLMQ_REQUIRE(!o.name.empty(), "--name must not be empty");
   LLMQ_REQUIRE(!o.train_file.empty(), "--train-file must not be empty: pass --train-file=PATH");
   // `--eval-file= --steps=20` makes CLI11 take "--steps=20" as the file name: refuse such values.

@@ -1,7 +1,8 @@
 // Helpers shared by GPU tests: device buffers that free themselves, seeded random inputs,
-// output poisoning, and the relative-L2 / cosine metrics every test reports.
+// output poisoning, FP8 byte decoding, and the relative-L2 / cosine metrics every test reports.
 #pragma once
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/errors.h"
 
 namespace llmq::test {
@@ -75,6 +77,20 @@ inline std::vector<float> to_float(const std::vector<__nv_bfloat16>& v) {
 }
 // Rounds through bf16, so CPU references see exactly the inputs the GPU sees.
 inline std::vector<float> round_bf16(const std::vector<float>& v) { return to_float(to_bf16(v)); }
+
+// The value of one stored FP8 byte of format E4M3 or E5M2 (exact; NaN encodings give NaN), on the host.
+inline float fp8_to_float(std::uint8_t byte, DType format) {
+  LLMQ_REQUIRE(format == DType::E4M3 || format == DType::E5M2, "fp8_to_float: dtype {} is not e4m3 or e5m2",
+               dtype_name(format));
+  if (format == DType::E4M3) {
+    __nv_fp8_e4m3 v;
+    v.__x = byte;
+    return static_cast<float>(v);
+  }
+  __nv_fp8_e5m2 v;
+  v.__x = byte;
+  return static_cast<float>(v);
+}
 
 // ||out - ref|| / ||ref||, accumulated in double; NaN/Inf anywhere in `out` gives +inf.
 template <typename A, typename B>

@@ -1,5 +1,5 @@
-// fp32 <-> bf16 conversions, stochastic rounding and abs-max (src/kernels/convert.cu) against CPU
-// loops: bit-exact where the math is exact, statistical where it is random.
+// fp32 <-> bf16 conversions and stochastic rounding (src/kernels/convert.cu) against CPU loops:
+// bit-exact where the math is exact, statistical where it is random. (abs_max: test_quantize.cu.)
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -121,42 +121,6 @@ TEST(ConvertStochastic, SameSeedBitIdenticalOtherSeedDiffers) {
   EXPECT_GT(differing, a.size() / 10);  // about 1/3 expected
 }
 
-template <typename T>
-float abs_max_on_device(const std::vector<T>& host, int offset) {
-  DeviceBuffer<T> d_in(host);
-  DeviceBuffer<float> result(1);
-  result.poison();
-  kernels::abs_max(static_cast<const T*>(d_in.get() + offset), host.size() - offset, result.get(), nullptr);
-  sync_and_check();
-  return result.download()[0];
-}
-
-TEST(AbsMax, Fp32ExactAndIgnoresElementsOutsideTheRange) {
-  for (int offset : {0, 1}) {
-    std::vector<float> in = random_floats(1'000'003 + offset, 7, -1.f, 1.f);
-    in[in.size() - 1] = -7.25f;  // the largest magnitude sits in the scalar tail, negative
-    if (offset) in[0] = 100.f;   // outside the range: must not count
-    EXPECT_EQ(abs_max_on_device(in, offset), 7.25f) << "offset " << offset;
-  }
-}
-
-TEST(AbsMax, Bf16ExactAndMisaligned) {
-  for (int offset : {0, 3}) {
-    std::vector<float> in = random_floats(33'335 + offset, 8, -1.f, 1.f);
-    in[offset + 12'345] = -3.5f;
-    EXPECT_EQ(abs_max_on_device(to_bf16(in), offset), 3.5f) << "offset " << offset;
-  }
-}
-
-TEST(AbsMax, NanPropagatesAndEmptyGivesZero) {
-  std::vector<float> in = random_floats(1000, 9);
-  in[500] = NAN;
-  EXPECT_TRUE(std::isnan(abs_max_on_device(in, 0)));
-  in[500] = -INFINITY;
-  EXPECT_EQ(abs_max_on_device(in, 0), INFINITY);
-  EXPECT_EQ(abs_max_on_device(std::vector<float>(1, 5.f), 1), 0.f);  // n == 0
-}
-
 TEST(Convert, RejectsBadArguments) {
   DeviceBuffer<float> f(8);
   DeviceBuffer<nv_bfloat16> b(8);
@@ -164,7 +128,6 @@ TEST(Convert, RejectsBadArguments) {
   EXPECT_THROW(kernels::convert(static_cast<float*>(nullptr), static_cast<const nv_bfloat16*>(b.get()), 8, nullptr),
                Error);
   EXPECT_THROW(kernels::convert_stochastic(b.get(), f.get(), (std::size_t{1} << 32) + 1, 0, nullptr), Error);
-  EXPECT_THROW(kernels::abs_max(static_cast<const float*>(f.get()), 8, nullptr, nullptr), Error);
 }
 
 }  // namespace

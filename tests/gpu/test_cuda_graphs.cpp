@@ -11,19 +11,16 @@
 
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "../unit/test_util.h"
 #include "core/errors.h"
 #include "model/config.h"
 #include "model/qwen_model.h"
+#include "model_test_utils.h"
 
 using namespace llmq;
 
@@ -32,65 +29,23 @@ namespace {
 constexpr int kB = 2, kT = 128, kAccum = 2, kSteps = 4;
 constexpr int kMicroSteps = kSteps * kAccum;
 
-ModelConfig tiny_qwen() {
-  ModelConfig c;
-  c.name = "tiny-qwen2";
-  c.architecture = Architecture::Qwen2;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_layers = 3;
-  c.num_query_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_size = 64;  // cuDNN SDPA: a multiple of 8, at most 256
-  c.vocab_size = 1000;
-  c.tie_word_embeddings = false;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.max_position_embeddings = 4096;
-  c.qkv_bias = true;
-  validate_config(c, c.name);
-  return c;
-}
-
 // Seeded random micro-batch; all targets valid except in step 3's second micro-batch, where every
 // 5th target is ignored (-1): a different valid count, hence a different loss scale.
-void random_batch(std::mt19937& rng, int V, int step, int micro, std::vector<std::int32_t>& inputs,
-                  std::vector<std::int32_t>& targets) {
-  std::uniform_int_distribution<std::int32_t> token(0, V - 1);
+void next_batch(std::mt19937& rng, int V, int step, int micro, std::vector<std::int32_t>& inputs,
+                std::vector<std::int32_t>& targets) {
   const bool some_ignored = step == 3 && micro == 1;
-  inputs.resize(kB * kT);
-  targets.resize(kB * kT);
-  for (int i = 0; i < kB * kT; ++i) {
-    inputs[i] = token(rng);
-    targets[i] = some_ignored && i % 5 == 0 ? -1 : token(rng);
-  }
-}
-
-std::map<std::string, std::string> read_files(const std::filesystem::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    std::ifstream in(entry.path(), std::ios::binary);
-    std::ostringstream bytes;
-    bytes << in.rdbuf();
-    files[entry.path().filename().string()] = bytes.str();
-  }
-  return files;
+  test::random_batch(rng, V, kB * kT, /*ignore_every=*/some_ignored ? 5 : 0, inputs, targets);
 }
 
 struct RunResult {
-  std::vector<float> loss, grad_norm;
+  std::vector<StepResult> steps;
   float eval_loss = 0;
-  std::map<std::string, std::string> exported;  // file name -> bytes of the exported model
+  std::map<std::string, test::Bytes> exported;  // file name -> bytes of the exported model
   int graph_launches = 0;
 };
 
 QwenModelOptions model_options(bool graphs) {
-  QwenModelOptions o;
-  o.model_dtype = DType::BF16;
-  o.batch_size = kB;
-  o.seq_len = kT;
-  o.grad_accumulation = kAccum;
-  o.seed = 1234;
+  QwenModelOptions o = test::tiny_qwen2_options(kB, kT, kAccum, /*seed=*/1234);
   o.use_cuda_graphs = graphs;
   return o;
 }
@@ -101,45 +56,28 @@ int graph_launches(const Model& model) {
 }
 
 RunResult train(const QwenModelOptions& opts) {
-  const ModelConfig cfg = tiny_qwen();
+  const ModelConfig cfg = test::tiny_qwen2_config();
   std::unique_ptr<Model> model = make_qwen_model(cfg, opts, {});
-  AdamWSettings adam;
-  adam.learning_rate = 1e-3f;
   std::mt19937 rng(20261122);
-  std::vector<std::int32_t> inputs, targets;
+  auto batch = [&](int step, int micro, auto& inputs, auto& targets) {
+    next_batch(rng, cfg.vocab_size, step, micro, inputs, targets);
+  };
   RunResult r;
-  for (int step = 1; step <= kSteps; ++step) {
-    for (int micro = 0; micro < kAccum; ++micro) {
-      random_batch(rng, cfg.vocab_size, step, micro, inputs, targets);
-      model->forward_backward(inputs.data(), targets.data(), micro);
-    }
-    const StepResult s = model->optimizer_step(adam, step);
-    r.loss.push_back(s.loss);
-    r.grad_norm.push_back(s.grad_norm);
-  }
-  random_batch(rng, cfg.vocab_size, 0, 0, inputs, targets);
+  r.steps = test::train_steps(*model, test::adamw_at(1e-3f), kAccum, 1, kSteps, batch);
+  std::vector<std::int32_t> inputs, targets;
+  next_batch(rng, cfg.vocab_size, 0, 0, inputs, targets);
   r.eval_loss = model->evaluate(inputs.data(), targets.data());
-  test::TempDir dir;
-  model->export_model(dir.path());
-  r.exported = read_files(dir.path());
+  r.exported = test::exported_files(*model);
   r.graph_launches = graph_launches(*model);
   return r;
 }
 
 void expect_bit_identical(const RunResult& run, const RunResult& eager) {
-  ASSERT_EQ(run.loss.size(), eager.loss.size());
-  for (std::size_t i = 0; i < eager.loss.size(); ++i) {
-    EXPECT_TRUE(std::isfinite(eager.loss[i]) && std::isfinite(eager.grad_norm[i])) << "step " << i + 1;
-    EXPECT_EQ(run.loss[i], eager.loss[i]) << "loss of step " << i + 1;
-    EXPECT_EQ(run.grad_norm[i], eager.grad_norm[i]) << "gradient norm of step " << i + 1;
-  }
+  for (std::size_t i = 0; i < eager.steps.size(); ++i)
+    EXPECT_TRUE(std::isfinite(eager.steps[i].loss) && std::isfinite(eager.steps[i].grad_norm)) << "step " << i + 1;
+  test::expect_same_steps(run.steps, eager.steps);
   EXPECT_EQ(run.eval_loss, eager.eval_loss);
-  ASSERT_EQ(run.exported.size(), eager.exported.size());
-  for (const auto& [name, bytes] : eager.exported) {
-    const auto it = run.exported.find(name);
-    ASSERT_NE(it, run.exported.end()) << name << " was not exported";
-    EXPECT_TRUE(it->second == bytes) << name << ": exported weights differ after " << kSteps << " steps";
-  }
+  test::expect_same_bytes(run.exported, eager.exported, "exported file");
 }
 
 // Runs `opts` eagerly and with graphs; the graph run must match bit for bit and must have launched
@@ -176,11 +114,11 @@ TEST(CudaGraphs, BlockRecomputeMatchesEagerBitForBit) {
 // A bad micro-step index is refused on the host before anything is captured, and the graphs keep
 // working afterwards.
 TEST(CudaGraphs, BadMicroStepIsRefusedAndGraphsStillRun) {
-  const ModelConfig cfg = tiny_qwen();
+  const ModelConfig cfg = test::tiny_qwen2_config();
   std::unique_ptr<Model> model = make_qwen_model(cfg, model_options(true), {});
   std::mt19937 rng(7);
   std::vector<std::int32_t> inputs, targets;
-  random_batch(rng, cfg.vocab_size, 1, 0, inputs, targets);
+  next_batch(rng, cfg.vocab_size, 1, 0, inputs, targets);
   model->forward_backward(inputs.data(), targets.data(), 0);  // eager warm-up
   EXPECT_THROW(model->forward_backward(inputs.data(), targets.data(), kAccum), Error);
   EXPECT_THROW(model->forward_backward(inputs.data(), targets.data(), -1), Error);

@@ -18,6 +18,7 @@
 #include "core/errors.h"
 #include "model/config.h"
 #include "model/qwen_model.h"
+#include "model_test_utils.h"
 
 using namespace llmq;
 
@@ -25,34 +26,12 @@ namespace {
 
 constexpr int kB = 4, kT = 128, kSteps = 30;
 
-ModelConfig tiny_qwen(int intermediate = 512) {
-  ModelConfig c;
-  c.name = "tiny-qwen2-fp8";
-  c.architecture = Architecture::Qwen2;
-  c.hidden_size = 256;
-  c.intermediate_size = intermediate;
-  c.num_layers = 3;
-  c.num_query_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_size = 64;
-  c.vocab_size = 512;
-  c.tie_word_embeddings = false;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.max_position_embeddings = 4096;
-  c.qkv_bias = true;
-  validate_config(c, c.name);
-  return c;
-}
+test::TinyQwen2Shape tiny_shape(int mlp_width = 512) { return {.vocab = 512, .mlp_width = mlp_width}; }
 
 QwenModelOptions options(DType matmul, DType gradient, bool recompute_block = false) {
-  QwenModelOptions o;
-  o.model_dtype = DType::BF16;
+  QwenModelOptions o = test::tiny_qwen2_options(kB, kT, /*accum=*/1, /*seed=*/7);
   o.matmul_dtype = matmul;
   o.gradient_dtype = gradient;
-  o.batch_size = kB;
-  o.seq_len = kT;
-  o.seed = 7;
   o.recompute.block = recompute_block;
   return o;
 }
@@ -72,41 +51,38 @@ void pattern_batch(int step, std::vector<std::int32_t>& inputs, std::vector<std:
 }
 
 struct TrainingRun {
-  std::vector<float> loss, grad_norm;
+  std::vector<StepResult> steps;
   std::size_t quant_bytes = 0;
 };
 
 TrainingRun train(const QwenModelOptions& o) {
-  std::unique_ptr<Model> model = make_qwen_model(tiny_qwen(), o, {});
+  std::unique_ptr<Model> model = test::make_tiny_qwen2(o, tiny_shape());
   TrainingRun r;
   r.quant_bytes = model->allocator().in_use(MemCategory::Quants, MemKind::Device);
-  AdamWSettings adam;
-  adam.learning_rate = 3e-3f;
-  std::vector<std::int32_t> inputs, targets;
-  for (int step = 1; step <= kSteps; ++step) {
-    pattern_batch(step, inputs, targets);
-    model->forward_backward(inputs.data(), targets.data(), 0);
-    const StepResult s = model->optimizer_step(adam, step);
-    r.loss.push_back(s.loss);
-    r.grad_norm.push_back(s.grad_norm);
-  }
+  auto batch = [](int step, int, auto& inputs, auto& targets) { pattern_batch(step, inputs, targets); };
+  r.steps = test::train_steps(*model, test::adamw_at(3e-3f), /*accum=*/1, 1, kSteps, batch);
   return r;
 }
 
 void expect_learns_like(const TrainingRun& fp8, const TrainingRun& bf16, const char* what) {
   SCOPED_TRACE(what);
+  ASSERT_EQ(fp8.steps.size(), static_cast<std::size_t>(kSteps));
+  ASSERT_EQ(bf16.steps.size(), static_cast<std::size_t>(kSteps));
   for (int i = 0; i < kSteps; ++i)
-    ASSERT_TRUE(std::isfinite(fp8.loss[i]) && std::isfinite(fp8.grad_norm[i])) << "step " << i + 1;
-  EXPECT_NEAR(fp8.loss[0], bf16.loss[0], 0.01 * bf16.loss[0]);
-  const float bf16_drop = bf16.loss.front() - bf16.loss.back(), fp8_drop = fp8.loss.front() - fp8.loss.back();
+    ASSERT_TRUE(std::isfinite(fp8.steps[i].loss) && std::isfinite(fp8.steps[i].grad_norm)) << "step " << i + 1;
+  const float fp8_first = fp8.steps.front().loss, fp8_last = fp8.steps.back().loss;
+  const float bf16_first = bf16.steps.front().loss, bf16_last = bf16.steps.back().loss;
+  EXPECT_NEAR(fp8_first, bf16_first, 0.01 * bf16_first);
+  const float bf16_drop = bf16_first - bf16_last, fp8_drop = fp8_first - fp8_last;
   EXPECT_GT(bf16_drop, 1.0f) << "the pattern should be learnable";
   EXPECT_GT(fp8_drop, 0.5f * bf16_drop);
   // Single-batch losses at lr 3e-3 move by several percent from step to step: compare the last 5.
-  auto tail_mean = [](const std::vector<float>& v) { return (v[kSteps - 1] + v[kSteps - 2] + v[kSteps - 3] +
-                                                             v[kSteps - 4] + v[kSteps - 5]) / 5.f; };
-  EXPECT_NEAR(tail_mean(fp8.loss), tail_mean(bf16.loss), 0.1 * tail_mean(bf16.loss));
-  std::printf("[ fp8 ] %s: loss %.4f -> %.4f (bf16 %.4f -> %.4f)\n", what, fp8.loss.front(), fp8.loss.back(),
-              bf16.loss.front(), bf16.loss.back());
+  auto tail_mean = [](const std::vector<StepResult>& v) {
+    return (v[kSteps - 1].loss + v[kSteps - 2].loss + v[kSteps - 3].loss + v[kSteps - 4].loss + v[kSteps - 5].loss) /
+           5.f;
+  };
+  EXPECT_NEAR(tail_mean(fp8.steps), tail_mean(bf16.steps), 0.1 * tail_mean(bf16.steps));
+  std::printf("[ fp8 ] %s: loss %.4f -> %.4f (bf16 %.4f -> %.4f)\n", what, fp8_first, fp8_last, bf16_first, bf16_last);
 }
 
 }  // namespace
@@ -128,15 +104,12 @@ TEST(Fp8Model, E5m2GradientsLearnLikeBf16) {
 TEST(Fp8Model, RecomputationStaysBitIdentical) {
   const TrainingRun plain = train(options(DType::E4M3, DType::E5M2));
   const TrainingRun recomputed = train(options(DType::E4M3, DType::E5M2, /*recompute_block=*/true));
-  for (int i = 0; i < kSteps; ++i) {
-    EXPECT_EQ(recomputed.loss[i], plain.loss[i]) << "step " << i + 1;
-    EXPECT_EQ(recomputed.grad_norm[i], plain.grad_norm[i]) << "step " << i + 1;
-  }
+  test::expect_same_steps(recomputed.steps, plain.steps);
 }
 
 TEST(Fp8Model, ShapesThatAreNotMultiplesOf16AreRefused) {
   try {
-    make_qwen_model(tiny_qwen(/*intermediate=*/520), options(DType::E4M3, DType::BF16), {});
+    test::make_tiny_qwen2(options(DType::E4M3, DType::BF16), tiny_shape(/*mlp_width=*/520));
     ADD_FAILURE() << "an MLP width of 520 was accepted for FP8";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of 16"), std::string::npos) << e.what();

@@ -10,8 +10,6 @@
 //                                        fp32 paths (and even 1e-4) is out of reach
 //   fp32 output, fast_accum on     5e-3  no promotion: the whole K sum stays in that accumulator
 // Every test prints its measured errors. For M = 16384 the reference covers about 200 rows.
-#include <cuda_fp8.h>
-
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -40,17 +38,6 @@ double tolerance(DType out_dtype, bool fast_accum) {
   return fast_accum ? kTolFp32OutFastAccum : kTolFp32Out;
 }
 
-double decode(fp8_byte b, DType t) {
-  if (t == DType::E4M3) {
-    __nv_fp8_e4m3 v;
-    v.__x = b;
-    return static_cast<float>(v);
-  }
-  __nv_fp8_e5m2 v;
-  v.__x = b;
-  return static_cast<float>(v);
-}
-
 // A random bf16 matrix [rows, cols] quantized on the device (abs_max + quantize_fp8), with its
 // dequantized values on the host.
 class QuantizedMatrix {
@@ -67,7 +54,7 @@ class QuantizedMatrix {
     const std::vector<fp8_byte> q = q_.download();
     const double scale_inv = scales_.download()[4];
     values_.resize(n);
-    for (std::size_t i = 0; i < n; ++i) values_[i] = decode(q[i], dtype) * scale_inv;
+    for (std::size_t i = 0; i < n; ++i) values_[i] = fp8_to_float(q[i], dtype) * scale_inv;
   }
 
   int rows() const { return rows_; }

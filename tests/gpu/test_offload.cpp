@@ -8,43 +8,25 @@
 // staging buffers as extra device memory.
 #include <algorithm>
 #include <cmath>
-#include <random>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "../unit/test_util.h"
 #include "core/allocator.h"
-#include "core/safetensors.h"
 #include "gpu_test_utils.h"
 #include "model/config.h"
-#include "model/moment_streamer.h"
+#include "model/state_streamer.h"
 #include "model/param_layout.h"
 #include "model/qwen_model.h"
+#include "model_test_utils.h"
 
 namespace llmq::test {
 namespace {
 
-constexpr int kB = 2, kT = 128, kAccum = 2, kSteps = 3, kVocab = 1000;
+constexpr int kB = 2, kT = 128, kAccum = 2, kSteps = 3;
 constexpr std::int64_t kSmallChunk = 65531;  // odd: cuts parameters at places that are not multiples of 8
-
-ModelConfig tiny_qwen2() {
-  ModelConfig c;
-  c.name = "tiny-qwen2";
-  c.architecture = Architecture::Qwen2;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_layers = 3;
-  c.num_query_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_size = 64;
-  c.vocab_size = kVocab;
-  c.qkv_bias = true;
-  c.tie_word_embeddings = false;
-  c.rope_theta = 1e6;
-  c.max_position_embeddings = 1024;
-  validate_config(c, c.name);
-  return c;
-}
 
 struct Placement {
   std::string name;
@@ -54,20 +36,15 @@ struct Placement {
 
 struct RunResult {
   std::vector<StepResult> steps;
-  std::vector<std::byte> weights, adam_m, adam_v;  // checkpoint tensors after the last step
+  std::map<std::string, Bytes> checkpoint;  // checkpoint tensors after the last step: weights, adam_m, adam_v
   std::size_t device_bytes[static_cast<int>(MemCategory::kCount)] = {};
   std::size_t host_bytes[static_cast<int>(MemCategory::kCount)] = {};  // pinned + write-combined
   std::string state_report;
 };
 
 QwenModelOptions model_options(DType moments, const Placement& p) {
-  QwenModelOptions o;
-  o.model_dtype = DType::BF16;
+  QwenModelOptions o = tiny_qwen2_options(kB, kT, kAccum, /*seed=*/7);
   o.opt_m_dtype = o.opt_v_dtype = moments;
-  o.batch_size = kB;
-  o.seq_len = kT;
-  o.grad_accumulation = kAccum;
-  o.seed = 7;
   o.offload_opt_m = p.offload_m;
   o.offload_opt_v = p.offload_v;
   o.use_zero_copy = p.zero_copy;
@@ -77,27 +54,10 @@ QwenModelOptions model_options(DType moments, const Placement& p) {
 }
 
 // Tokens of micro-batch `micro` of step `step`: the same for every run.
-void batch(int step, int micro, std::vector<std::int32_t>& inputs, std::vector<std::int32_t>& targets) {
-  std::mt19937 rng(1000u * step + micro);
-  std::uniform_int_distribution<std::int32_t> token(0, kVocab - 1);
-  std::vector<std::int32_t> seq(kB * kT + 1);
-  for (auto& t : seq) t = token(rng);
-  inputs.assign(seq.begin(), seq.end() - 1);
-  targets.assign(seq.begin() + 1, seq.end());
-}
+BatchSource batches() { return seeded_batches(TinyQwen2Shape{}.vocab, kB * kT); }
 
-AdamWSettings adamw_settings() {
-  AdamWSettings s;
-  s.learning_rate = 1e-3f;  // large enough that bf16 weights and moments change every step
-  s.weight_decay = 0.1f;
-  s.grad_clip = 1.0f;
-  return s;
-}
-
-std::vector<std::byte> tensor_bytes(const SafeTensorsFile& file, const char* name) {
-  const SafeTensorInfo& info = file.get(name);
-  return std::vector<std::byte>(info.data, info.data + info.bytes);
-}
+// Learning rate large enough that bf16 weights and moments change every step.
+AdamWSettings adamw_settings() { return adamw_at(1e-3f); }
 
 void record_state(Model& model, RunResult& r) {
   const Allocator& alloc = model.allocator();
@@ -107,47 +67,22 @@ void record_state(Model& model, RunResult& r) {
     r.host_bytes[c] = alloc.in_use(cat, MemKind::Pinned) + alloc.in_use(cat, MemKind::WriteCombined);
   }
   r.state_report = alloc.state_report();
-  TempDir dir;
-  model.save_checkpoint(dir.path());
-  const SafeTensorsFile file = SafeTensorsFile::open(dir.path() / "model_state.safetensors");
-  r.weights = tensor_bytes(file, "weights");
-  r.adam_m = tensor_bytes(file, "adam_m");
-  r.adam_v = tensor_bytes(file, "adam_v");
+  r.checkpoint = checkpoint_tensors(model);
 }
 
 // Trains steps [first_step, kSteps] (optionally after loading a checkpoint).
 RunResult train(DType moments, const Placement& p, int first_step = 1, const std::filesystem::path& resume = {}) {
-  std::unique_ptr<Model> model = make_qwen_model(tiny_qwen2(), model_options(moments, p), {});
+  std::unique_ptr<Model> model = make_tiny_qwen2(model_options(moments, p));
   if (!resume.empty()) model->load_checkpoint(resume);
   RunResult r;
-  std::vector<std::int32_t> inputs, targets;
-  for (int step = first_step; step <= kSteps; ++step) {
-    for (int micro = 0; micro < kAccum; ++micro) {
-      batch(step, micro, inputs, targets);
-      model->forward_backward(inputs.data(), targets.data(), micro);
-    }
-    r.steps.push_back(model->optimizer_step(adamw_settings(), step));
-  }
+  r.steps = train_steps(*model, adamw_settings(), kAccum, first_step, kSteps, batches());
   record_state(*model, r);
   return r;
 }
 
-std::size_t differing_bytes(const std::vector<std::byte>& a, const std::vector<std::byte>& b) {
-  if (a.size() != b.size()) return std::max(a.size(), b.size());
-  std::size_t n = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) n += a[i] != b[i];
-  return n;
-}
-
 void expect_identical(const RunResult& ref, const RunResult& run) {
-  ASSERT_EQ(ref.steps.size(), run.steps.size());
-  for (std::size_t s = 0; s < ref.steps.size(); ++s) {
-    EXPECT_EQ(ref.steps[s].loss, run.steps[s].loss) << "step " << s + 1;
-    EXPECT_EQ(ref.steps[s].grad_norm, run.steps[s].grad_norm) << "step " << s + 1;
-  }
-  EXPECT_EQ(differing_bytes(ref.weights, run.weights), 0u) << "weights";
-  EXPECT_EQ(differing_bytes(ref.adam_m, run.adam_m), 0u) << "adam m";
-  EXPECT_EQ(differing_bytes(ref.adam_v, run.adam_v), 0u) << "adam v";
+  expect_same_steps(run.steps, ref.steps);
+  expect_same_bytes(run.checkpoint, ref.checkpoint, "checkpoint tensor");
 }
 
 // Device bytes the allocator charges for a block (it rounds device blocks up to 512 bytes).
@@ -157,7 +92,7 @@ constexpr int idx(MemCategory c) { return static_cast<int>(c); }
 
 // Checks where the moments live and that streaming adds exactly its staging buffers.
 void expect_placement(const RunResult& ref, const RunResult& run, const Placement& p, DType moments) {
-  const std::int64_t total = ParamLayout(tiny_qwen2()).total_elements();
+  const std::int64_t total = ParamLayout(tiny_qwen2_config()).total_elements();
   const std::size_t moment_bytes = static_cast<std::size_t>(total) * dtype_size(moments);
   EXPECT_EQ(ref.device_bytes[idx(MemCategory::AdamM)], device_block_bytes(moment_bytes));
   for (auto [cat, offloaded] : {std::pair{MemCategory::AdamM, p.offload_m}, std::pair{MemCategory::AdamV, p.offload_v}}) {
@@ -165,7 +100,7 @@ void expect_placement(const RunResult& ref, const RunResult& run, const Placemen
     EXPECT_EQ(run.host_bytes[idx(cat)], offloaded ? moment_bytes : 0) << category_name(cat);
   }
   const bool streamed = (p.offload_m || p.offload_v) && !p.zero_copy;
-  const std::int64_t chunk = std::min(p.chunk > 0 ? p.chunk : MomentStreamer::kDefaultChunkElements, total);
+  const std::int64_t chunk = std::min(p.chunk > 0 ? p.chunk : StateStreamer::kDefaultChunkElements, total);
   const std::size_t staging_per_moment =
       2 * device_block_bytes(static_cast<std::size_t>(chunk) * dtype_size(moments));
   const std::size_t staging = streamed ? staging_per_moment * ((p.offload_m ? 1 : 0) + (p.offload_v ? 1 : 0)) : 0;
@@ -196,8 +131,10 @@ TEST_P(OffloadedMoments, StepsAreBitIdenticalToMomentsOnDevice) {
     ASSERT_GT(s.grad_norm, 0.f);
   }
   // The comparisons below are not vacuous: the steps filled the moments.
-  for (const auto* moment : {&ref.adam_m, &ref.adam_v})
-    ASSERT_GT(differing_bytes(*moment, std::vector<std::byte>(moment->size())), moment->size() / 4);
+  for (const char* name : {"adam_m", "adam_v"}) {
+    const Bytes& moment = ref.checkpoint.at(name);
+    ASSERT_GT(differing_bytes(moment, Bytes(moment.size())), moment.size() / 4) << name;
+  }
   {
     SCOPED_TRACE("on device, second run (the model itself must be deterministic)");
     expect_identical(ref, train(moments, Placement{"on device"}));
@@ -221,24 +158,15 @@ TEST_P(OffloadedMoments, CheckpointsMoveBetweenDeviceAndHostMoments) {
     SCOPED_TRACE(first.name + " -> " + second.name);
     TempDir ckpt;
     {
-      std::unique_ptr<Model> model = make_qwen_model(tiny_qwen2(), model_options(moments, first), {});
-      std::vector<std::int32_t> inputs, targets;
-      for (int step = 1; step < kSteps; ++step) {
-        for (int micro = 0; micro < kAccum; ++micro) {
-          batch(step, micro, inputs, targets);
-          model->forward_backward(inputs.data(), targets.data(), micro);
-        }
-        model->optimizer_step(adamw_settings(), step);
-      }
+      std::unique_ptr<Model> model = make_tiny_qwen2(model_options(moments, first));
+      train_steps(*model, adamw_settings(), kAccum, 1, kSteps - 1, batches());
       model->save_checkpoint(ckpt.path());
     }
     const RunResult resumed = train(moments, second, kSteps, ckpt.path());
     ASSERT_EQ(resumed.steps.size(), 1u);
     EXPECT_EQ(resumed.steps[0].loss, straight.steps.back().loss);
     EXPECT_EQ(resumed.steps[0].grad_norm, straight.steps.back().grad_norm);
-    EXPECT_EQ(differing_bytes(straight.weights, resumed.weights), 0u) << "weights";
-    EXPECT_EQ(differing_bytes(straight.adam_m, resumed.adam_m), 0u) << "adam m";
-    EXPECT_EQ(differing_bytes(straight.adam_v, resumed.adam_v), 0u) << "adam v";
+    expect_same_bytes(resumed.checkpoint, straight.checkpoint, "checkpoint tensor");
   }
 }
 
@@ -249,7 +177,7 @@ INSTANTIATE_TEST_SUITE_P(MomentDtypes, OffloadedMoments, ::testing::Values(DType
 
 TEST(OffloadedMomentsOptions, NegativeChunkIsRefused) {
   Placement p{"bad chunk", true, true, false, false, -5};
-  expect_error([&] { make_qwen_model(tiny_qwen2(), model_options(DType::FP32, p), {}); }, "offload chunk");
+  expect_error([&] { make_tiny_qwen2(model_options(DType::FP32, p)); }, "offload chunk");
 }
 
 }  // namespace

@@ -57,17 +57,6 @@ std::vector<fp8_byte> reference_quantize(const std::vector<float>& x, float scal
   return q;
 }
 
-float decode(fp8_byte b, DType t) {
-  if (t == DType::E4M3) {
-    __nv_fp8_e4m3 v;
-    v.__x = b;
-    return static_cast<float>(v);
-  }
-  __nv_fp8_e5m2 v;
-  v.__x = b;
-  return static_cast<float>(v);
-}
-
 std::uint32_t bits_of(float x) {
   std::uint32_t b;
   std::memcpy(&b, &x, sizeof(b));
@@ -120,8 +109,22 @@ TEST(QuantizeAbsMax, ExactForBf16AndFp32InputsIncludingMisalignedStarts) {
   }
 }
 
+// The largest magnitude is negative and sits in the element-wise tail (n % 8 != 0), and a larger value just
+// before the start must not count; n is large enough for hundreds of blocks.
+TEST(QuantizeAbsMax, IgnoresElementsBeforeTheStartAndFindsANegativeMaxInTheTail) {
+  for (std::size_t offset : {0u, 1u, 3u}) {
+    std::vector<float> x = random_floats(1'000'003 + offset, 7 + offset, -1.f, 1.f);
+    x.back() = -7.25f;          // exact in bf16
+    if (offset) x[0] = 100.f;   // outside the range
+    EXPECT_EQ(device_abs_max<float>(x, offset), 7.25f) << "fp32 offset=" << offset;
+    EXPECT_EQ(device_abs_max<nv_bfloat16>(x, offset), 7.25f) << "bf16 offset=" << offset;
+  }
+}
+
 TEST(QuantizeAbsMax, NaNAndInfPropagateAndEmptyGivesZero) {
   std::vector<float> x = wide_range_values(10'000, 3);
+  x[777] = -INFINITY;  // |-inf| = +inf
+  EXPECT_EQ(device_abs_max<float>(x, 0), INFINITY);
   x[777] = INFINITY;
   EXPECT_TRUE(std::isinf(device_abs_max<nv_bfloat16>(x, 0)));
   x[5000] = NAN;  // NaN wins over inf
@@ -184,13 +187,13 @@ TEST(QuantizeFp8, LargestValueMapsToFp8Max) {
   for (DType t : kFp8Types) {
     const QuantizeResult r = device_quantize(x, t, 0, 0);
     float largest = 0.f;
-    for (fp8_byte b : r.q) largest = std::max(largest, std::fabs(decode(b, t)));
+    for (fp8_byte b : r.q) largest = std::max(largest, std::fabs(fp8_to_float(b, t)));
     EXPECT_EQ(largest, kernels::fp8_max(t)) << dtype_name(t);
     // Dequantized values reproduce the input to FP8 precision where they are not underflowed.
     const float absmax = cpu_abs_max(x);
     for (std::size_t i = 0; i < x.size(); ++i) {
       if (std::fabs(x[i]) < absmax * 1e-2f) continue;  // normal range of both formats
-      EXPECT_NEAR(decode(r.q[i], t) * r.scale_inv, x[i], std::fabs(x[i]) * (t == DType::E4M3 ? 0.0625 : 0.125))
+      EXPECT_NEAR(fp8_to_float(r.q[i], t) * r.scale_inv, x[i], std::fabs(x[i]) * (t == DType::E4M3 ? 0.0625 : 0.125))
           << dtype_name(t) << " i=" << i;
     }
   }
@@ -215,7 +218,7 @@ TEST(QuantizeFp8, InfOrNaNInputMakesEverythingNaN) {
       EXPECT_FALSE(std::isfinite(r.absmax));
       EXPECT_TRUE(std::isnan(r.scale_inv)) << dtype_name(t) << " input " << bad;
       std::size_t not_nan = 0;
-      for (fp8_byte b : r.q) not_nan += !std::isnan(decode(b, t));
+      for (fp8_byte b : r.q) not_nan += !std::isnan(fp8_to_float(b, t));
       EXPECT_EQ(not_nan, 0u) << dtype_name(t) << " input " << bad;
     }
   }
@@ -340,8 +343,8 @@ TEST(QuantizeTransposeFp8, Bandwidth) {
 TEST(QuantizeFp8, Fp8MaxValues) {
   EXPECT_EQ(kernels::fp8_max(DType::E4M3), 448.f);
   EXPECT_EQ(kernels::fp8_max(DType::E5M2), 57344.f);
-  EXPECT_EQ(decode(0x7E, DType::E4M3), 448.f);  // the formats' largest finite encodings
-  EXPECT_EQ(decode(0x7B, DType::E5M2), 57344.f);
+  EXPECT_EQ(fp8_to_float(0x7E, DType::E4M3), 448.f);  // the formats' largest finite encodings
+  EXPECT_EQ(fp8_to_float(0x7B, DType::E5M2), 57344.f);
   expect_error([] { kernels::fp8_max(DType::BF16); }, "not an FP8 format");
 }
 

@@ -8,19 +8,16 @@
 
 #include <cmath>
 #include <cstdint>
-#include <filesystem>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "../unit/test_util.h"
 #include "core/allocator.h"
 #include "model/config.h"
 #include "model/qwen_model.h"
+#include "model_test_utils.h"
 
 using namespace llmq;
 
@@ -28,25 +25,7 @@ namespace {
 
 constexpr int kB = 2, kT = 128, kAccum = 2, kSteps = 3;
 
-ModelConfig tiny_qwen(bool tied) {
-  ModelConfig c;
-  c.name = tied ? "tiny-qwen2-tied" : "tiny-qwen2";
-  c.architecture = Architecture::Qwen2;
-  c.hidden_size = 256;
-  c.intermediate_size = 512;
-  c.num_layers = 3;
-  c.num_query_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_size = 64;  // cuDNN SDPA: a multiple of 8, at most 256
-  c.vocab_size = 1000;
-  c.tie_word_embeddings = tied;
-  c.rope_theta = 1e6;
-  c.rms_norm_eps = 1e-6;
-  c.max_position_embeddings = 4096;
-  c.qkv_bias = true;
-  validate_config(c, c.name);
-  return c;
-}
+ModelConfig tiny_qwen(bool tied) { return test::tiny_qwen2_config({.tied = tied}); }
 
 struct NamedFlags {
   std::string name;
@@ -73,91 +52,51 @@ std::vector<NamedFlags> flag_sets() {
 
 // Everything a run produces that recomputation must not change, and what it must change.
 struct RunResult {
-  std::vector<float> loss, grad_norm;
+  std::vector<StepResult> steps;
   float eval_loss = 0;
-  std::map<std::string, std::string> exported;  // file name -> bytes of the exported model
+  std::map<std::string, test::Bytes> exported;  // file name -> bytes of the exported model
   std::size_t activation_bytes = 0;
 };
 
-// Seeded random micro-batch; every 17th target is ignored (-1).
-void random_batch(std::mt19937& rng, int V, std::vector<std::int32_t>& inputs, std::vector<std::int32_t>& targets) {
-  std::uniform_int_distribution<std::int32_t> token(0, V - 1);
-  inputs.resize(kB * kT);
-  targets.resize(kB * kT);
-  for (int i = 0; i < kB * kT; ++i) {
-    inputs[i] = token(rng);
-    targets[i] = i % 17 == 0 ? -1 : token(rng);
-  }
-}
-
-std::map<std::string, std::string> read_files(const std::filesystem::path& dir) {
-  std::map<std::string, std::string> files;
-  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
-    std::ifstream in(entry.path(), std::ios::binary);
-    std::ostringstream bytes;
-    bytes << in.rdbuf();
-    files[entry.path().filename().string()] = bytes.str();
-  }
-  return files;
-}
-
 QwenModelOptions model_options(DType dtype, const RecomputeOptions& recompute) {
-  QwenModelOptions o;
+  QwenModelOptions o = test::tiny_qwen2_options(kB, kT, kAccum, /*seed=*/1234);
   o.model_dtype = dtype;
-  o.batch_size = kB;
-  o.seq_len = kT;
-  o.grad_accumulation = kAccum;
-  o.seed = 1234;
   o.recompute = recompute;
   return o;
+}
+
+// Seeded random micro-batch; every 17th target is ignored (-1).
+void next_batch(std::mt19937& rng, int V, std::vector<std::int32_t>& inputs, std::vector<std::int32_t>& targets) {
+  test::random_batch(rng, V, kB * kT, /*ignore_every=*/17, inputs, targets);
 }
 
 RunResult train(const ModelConfig& cfg, DType dtype, const RecomputeOptions& recompute) {
   std::unique_ptr<Model> model = make_qwen_model(cfg, model_options(dtype, recompute), {});
   RunResult r;
   r.activation_bytes = model->allocator().in_use(MemCategory::Activations, MemKind::Device);
-  AdamWSettings adam;
-  adam.learning_rate = 1e-3f;
   std::mt19937 rng(20261122);
+  auto batch = [&](int, int, auto& inputs, auto& targets) { next_batch(rng, cfg.vocab_size, inputs, targets); };
+  r.steps = test::train_steps(*model, test::adamw_at(1e-3f), kAccum, 1, kSteps, batch);
   std::vector<std::int32_t> inputs, targets;
-  for (int step = 1; step <= kSteps; ++step) {
-    for (int micro = 0; micro < kAccum; ++micro) {
-      random_batch(rng, cfg.vocab_size, inputs, targets);
-      model->forward_backward(inputs.data(), targets.data(), micro);
-    }
-    const StepResult s = model->optimizer_step(adam, step);
-    r.loss.push_back(s.loss);
-    r.grad_norm.push_back(s.grad_norm);
-  }
-  random_batch(rng, cfg.vocab_size, inputs, targets);
+  next_batch(rng, cfg.vocab_size, inputs, targets);
   r.eval_loss = model->evaluate(inputs.data(), targets.data());
-  test::TempDir dir;
-  model->export_model(dir.path());
-  r.exported = read_files(dir.path());
+  r.exported = test::exported_files(*model);
   return r;
 }
 
 void expect_bit_identical(const RunResult& run, const RunResult& baseline) {
-  ASSERT_EQ(run.loss.size(), baseline.loss.size());
-  for (std::size_t i = 0; i < baseline.loss.size(); ++i) {
-    EXPECT_EQ(run.loss[i], baseline.loss[i]) << "loss of step " << i + 1;
-    EXPECT_EQ(run.grad_norm[i], baseline.grad_norm[i]) << "gradient norm of step " << i + 1;
-  }
+  test::expect_same_steps(run.steps, baseline.steps);
   EXPECT_EQ(run.eval_loss, baseline.eval_loss);
-  ASSERT_EQ(run.exported.size(), baseline.exported.size());
-  for (const auto& [name, bytes] : baseline.exported) {
-    const auto it = run.exported.find(name);
-    ASSERT_NE(it, run.exported.end()) << name << " was not exported";
-    EXPECT_TRUE(it->second == bytes) << name << ": exported weights differ after " << kSteps << " steps";
-  }
+  test::expect_same_bytes(run.exported, baseline.exported, "exported file");
 }
 
 void expect_sane(const RunResult& r, int vocab) {
   // Random init (std 0.02) gives near-uniform logits: the first loss is about ln(V).
-  EXPECT_NEAR(r.loss[0], std::log(static_cast<float>(vocab)), 0.3f);
-  for (std::size_t i = 0; i < r.loss.size(); ++i) {
-    EXPECT_TRUE(std::isfinite(r.loss[i]) && std::isfinite(r.grad_norm[i])) << "step " << i + 1;
-    EXPECT_GT(r.grad_norm[i], 0.f) << "step " << i + 1;
+  ASSERT_EQ(r.steps.size(), static_cast<std::size_t>(kSteps));
+  EXPECT_NEAR(r.steps[0].loss, std::log(static_cast<float>(vocab)), 0.3f);
+  for (std::size_t i = 0; i < r.steps.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(r.steps[i].loss) && std::isfinite(r.steps[i].grad_norm)) << "step " << i + 1;
+    EXPECT_GT(r.steps[i].grad_norm, 0.f) << "step " << i + 1;
   }
   ASSERT_TRUE(r.exported.count("model.safetensors")) << "export wrote no model.safetensors";
 }

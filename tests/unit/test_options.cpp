@@ -233,6 +233,8 @@ TEST(Options, ValidationErrorsNameTheFlag) {
       {{"--beta-2", "-0.5"}, "--beta-2"},
       {{"--steps", "100", "--warmup", "60", "--cooldown", "50"}, "--warmup 60 + --cooldown 50 exceed --steps 100"},
       {{"--steps", "0"}, "--steps"},
+      {{"--use-cuda-graphs", "--offload-master"}, "--use-cuda-graphs cannot be combined with --offload-master"},
+      {{"--use-cuda-graphs", "--offload-gradients"}, "--use-cuda-graphs cannot be combined with --offload-master"},
       {{"--epochs", "0"}, "--epochs"},
       {{"--lr", "-1"}, "--lr"},
       {{"--lr-schedule", "step"}, "--lr-schedule"},
@@ -342,12 +344,9 @@ TEST(Options, UnimplementedFlagsAreRefusedAtStartUp) {
       {{"--memcpy-all-gather"}, "--memcpy-all-gather"},
       {{"--memcpy-send-recv"}, "--memcpy-send-recv"},
       {{"--all-to-all-reduce"}, "--all-to-all-reduce"},
-      {{"--offload-master"}, "--offload-master"},
-      {{"--offload-gradients"}, "--offload-gradients"},
       {{"--offload-residual"}, "--offload-residual"},
       {{"--custom-matmul"}, "--custom-matmul"},
       {{"--attn-bwd-chunks", "2"}, "--attn-bwd-chunks > 1"},
-      {{"--memory-limit", "8GiB", "--auto-fit"}, "--auto-fit"},
       {{"--debug-log-allocations", "16"}, "--debug-log-allocations"},
       {{"--debug-time-breakdown"}, "--debug-time-breakdown"},
       {{"--debug-log-abs-max"}, "--debug-log-abs-max"},
@@ -381,6 +380,7 @@ TEST(Options, SingleGpuTrainingIsImplemented) {
   EXPECT_EQ(implemented_error({"--matmul-dtype", "e4m3", "--gradient-dtype", "e5m2"}), "");
   EXPECT_EQ(implemented_error({"--offload-opt-m", "--use-zero-copy", "--write-combined"}), "");
   EXPECT_EQ(implemented_error({"--offload-opt-v", "--use-write-combined"}), "");
+  EXPECT_EQ(implemented_error({"--offload-master", "--offload-gradients", "--offload-opt-m", "--offload-opt-v"}), "");
   int unimplemented = 0;
   for (const auto& row : feature_table()) {
     EXPECT_EQ(row.flag.rfind("--", 0), 0u) << row.flag;

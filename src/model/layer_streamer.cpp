@@ -1,0 +1,169 @@
+// LayerStreamer: see layer_streamer.h.
+#include "model/layer_streamer.h"
+
+#include <algorithm>
+
+#include "core/errors.h"
+
+namespace llmq {
+
+LayerStreamer::LayerStreamer(Allocator& alloc, const ParamStore& store, const ParamLayout& layout,
+                             const std::string& name, MemCategory category)
+    : store_(store), layout_(layout) {
+  std::int64_t largest = 0;
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    LayerRange range{-1, -1};
+    std::int64_t padded_total = 0;
+    for (int id = 0; id < static_cast<int>(layout.params().size()); ++id) {
+      if (layout.layer_of(id) != l || !store.offloaded(id)) continue;
+      const std::int64_t padded = layout.padded_numel(id);
+      const std::int64_t begin = store.physical(layout[id].offset);
+      range.begin = range.begin < 0 ? begin : std::min(range.begin, begin);
+      range.end = std::max(range.end, begin + padded);
+      padded_total += padded;
+    }
+    if (range.begin < 0) range = LayerRange{0, 0};
+    LLMQ_REQUIRE(range.end - range.begin == padded_total,
+                 "internal error: offloaded parameters of layer {} are not contiguous in host memory", l);
+    layers_.push_back(range);
+    largest = std::max(largest, range.end - range.begin);
+  }
+  for (int s = 0; s < 2; ++s) {
+    if (largest > 0)
+      slots_[s].data = alloc.allocate(fmt::format("{} (layer slot {})", name, s), store.dtype(), {largest}, category)
+                           .bytes_ptr();
+    LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].ready, cudaEventDisableTiming));
+    LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].free, cudaEventDisableTiming));
+  }
+  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
+  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&download_, cudaStreamNonBlocking));
+  LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&host_written_, cudaEventDisableTiming));
+  LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&copies_done_, cudaEventDisableTiming));
+}
+
+LayerStreamer::~LayerStreamer() {
+  // Never throws: the streams may hold work of a step that failed half-way.
+  for (cudaStream_t s : {upload_, download_}) {
+    if (!s) continue;
+    cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+  }
+  for (const Slot& s : slots_)
+    for (cudaEvent_t e : {s.ready, s.free})
+      if (e) cudaEventDestroy(e);
+  for (cudaEvent_t e : {host_written_, copies_done_})
+    if (e) cudaEventDestroy(e);
+}
+
+std::size_t LayerStreamer::layer_bytes(int l) const {
+  return static_cast<std::size_t>(layers_[l].end - layers_[l].begin) * dtype_size(store_.dtype());
+}
+
+std::byte* LayerStreamer::host_ptr(int l) const {
+  return store_.host_part().bytes_ptr() + layers_[l].begin * static_cast<std::int64_t>(dtype_size(store_.dtype()));
+}
+
+int LayerStreamer::slot_holding(int l) const {
+  for (int s = 0; s < 2; ++s)
+    if (slots_[s].layer == l) return s;
+  return -1;
+}
+
+int LayerStreamer::free_slot() const {
+  int found = -1;
+  for (int s = 0; s < 2; ++s) {
+    if (slots_[s].in_use) continue;
+    if (slots_[s].layer < 0) return s;
+    found = s;
+  }
+  return found;
+}
+
+void LayerStreamer::copy_in(int s, int l) {
+  Slot& slot = slots_[s];
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, slot.free, 0));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, host_written_, 0));
+  if (layer_bytes(l))
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, host_ptr(l), layer_bytes(l), cudaMemcpyHostToDevice, upload_));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, upload_));
+  slot.layer = l;
+}
+
+void LayerStreamer::fetch(int l, cudaStream_t compute) {
+  LLMQ_REQUIRE(l >= 0 && l < static_cast<int>(layers_.size()), "internal error: layer {} out of range", l);
+  int s = slot_holding(l);
+  if (s < 0) {
+    s = free_slot();
+    LLMQ_REQUIRE(s >= 0, "internal error: both layer slots are in use (fetch of layer {})", l);
+    copy_in(s, l);
+  }
+  slots_[s].in_use = true;
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, slots_[s].ready, 0));
+}
+
+void LayerStreamer::acquire_for_update(int l, bool from_host, cudaStream_t compute) {
+  if (from_host) {
+    fetch(l, compute);
+    return;
+  }
+  LLMQ_REQUIRE(slot_holding(l) < 0, "internal error: layer {} is already in a slot", l);
+  const int s = free_slot();
+  LLMQ_REQUIRE(s >= 0, "internal error: both layer slots are in use (zeroed layer {})", l);
+  Slot& slot = slots_[s];
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, slot.free, 0));
+  if (layer_bytes(l)) LLMQ_CUDA_CHECK(cudaMemsetAsync(slot.data, 0, layer_bytes(l), compute));
+  slot.layer = l;
+  slot.in_use = true;
+}
+
+void LayerStreamer::prefetch(int l) {
+  if (l < 0 || l >= static_cast<int>(layers_.size()) || slot_holding(l) >= 0) return;
+  const int s = free_slot();
+  if (s >= 0) copy_in(s, l);
+}
+
+void LayerStreamer::release(int l, cudaStream_t compute) {
+  const int s = slot_holding(l);
+  LLMQ_REQUIRE(s >= 0 && slots_[s].in_use, "internal error: release of layer {} that is not in use", l);
+  LLMQ_CUDA_CHECK(cudaEventRecord(slots_[s].free, compute));
+  slots_[s].in_use = false;
+}
+
+void LayerStreamer::write_back(int l, cudaStream_t compute) {
+  const int s = slot_holding(l);
+  LLMQ_REQUIRE(s >= 0 && slots_[s].in_use, "internal error: write-back of layer {} that is not in use", l);
+  Slot& slot = slots_[s];
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, compute));  // "compute is done with the slot"
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(download_, slot.ready, 0));
+  if (layer_bytes(l))
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(host_ptr(l), slot.data, layer_bytes(l), cudaMemcpyDeviceToHost, download_));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.free, download_));
+  slot.layer = -1;
+  slot.in_use = false;
+}
+
+void LayerStreamer::invalidate(cudaStream_t compute) {
+  for (Slot& s : slots_) {
+    LLMQ_REQUIRE(!s.in_use, "internal error: host copy changed while layer {} is in use", s.layer);
+    s.layer = -1;
+  }
+  LLMQ_CUDA_CHECK(cudaEventRecord(host_written_, compute));
+}
+
+void LayerStreamer::synchronize_into(cudaStream_t compute) {
+  for (cudaStream_t s : {upload_, download_}) {
+    LLMQ_CUDA_CHECK(cudaEventRecord(copies_done_, s));
+    LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, copies_done_, 0));
+  }
+}
+
+std::byte* LayerStreamer::device_ptr(int param) const {
+  const int l = layout_.layer_of(param);
+  const int s = l >= 0 ? slot_holding(l) : -1;
+  LLMQ_REQUIRE(s >= 0 && slots_[s].in_use && store_.offloaded(param),
+               "internal error: parameter {} is not in a layer slot", layout_[param].name);
+  const std::int64_t offset = store_.physical(layout_[param].offset) - layers_[l].begin;
+  return slots_[s].data + offset * static_cast<std::int64_t>(dtype_size(store_.dtype()));
+}
+
+}  // namespace llmq
