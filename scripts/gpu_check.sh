@@ -116,6 +116,27 @@ stage_bench() {  # BENCH_CONFIGS="model batch accum matmul-dtype gradient-dtype 
   done
 }
 
+stage_memory() {  # MEMORY_CONFIGS="model batch accum [flags];...": trains MEMORY_STEPS steps under the flags (e.g.
+  # --memory-limit=16GiB --auto-fit) and reports the auto-fit choice, the planned device total and the speed
+  local d; d=$(shakespeare_tokens)
+  local configs=${MEMORY_CONFIGS:-"Qwen2.5-7B 4 8 --memory-limit=16GiB --auto-fit"}
+  local cfg log i=0
+  IFS=';' read -ra list <<<"$configs"
+  for cfg in "${list[@]}"; do
+    [ -n "${cfg//[[:space:]]/}" ] || continue
+    set -- $cfg
+    i=$((i + 1)); log="$OUT/memory_$i.log"
+    echo "$cfg" >"$log"
+    "$BIN/train" --model=Qwen/$1 --from-scratch --train-file=$d/train.bin --eval-file=$d/eval.bin --model-dtype=bf16 \
+      --batch-size=$2 --grad-accumulation=$3 "${@:4}" --steps=${MEMORY_STEPS:-6} --eval-every-n-steps=0 \
+      --ckpt-interval=0 --no-save-training-state --out-dir=/tmp/llmq_out/memory --log-file=/tmp/memory.json >>"$log" 2>&1
+    note "memory $i: $cfg"
+    note "  $(grep -E '^--auto-fit' "$log" | head -n 1)"
+    note "  $(grep -E 'Device (total|peak)|Pinned host' "$log" | tr -s ' ' | tr '\n' ' ')"
+    note "  $(grep -E '^\[T\]' "$log" | tail -n 1) $(grep -E 'error' "$log" | head -n 1)"
+  done
+}
+
 stage_fp8quality() {  # 300 steps of 0.5B from scratch on tiny Shakespeare: bf16 vs e4m3 vs e4m3+e5m2, same seed
   local d; d=$(shakespeare_tokens)
   local m g

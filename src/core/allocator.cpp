@@ -159,6 +159,7 @@ std::string Allocator::state_report() const {
   std::size_t used = device_in_use();
   std::size_t limit = budget_ ? *budget_ : 0;
   out += fmt::format("  {:>12}: {:>10}\n", "Device total", format_bytes(used));
+  if (device_peak_ > used) out += fmt::format("  {:>12}: {:>10}\n", "Device peak", format_bytes(device_peak_));
   if (budget_) out += fmt::format("  {:>12}: {:>10} of {} budget\n", "Free", format_bytes(limit - used), format_bytes(limit));
   if (host_total) out += fmt::format("  {:>12}: {:>10}\n", "Pinned host", format_bytes(host_total));
   return out;
