@@ -36,7 +36,7 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
   std::int64_t max_in = 0, max_out = 0, max_weight = 0;
   for (int l = 0; l < layout.num_layers(); ++l) {
     const LayerParamIds& ids = layout.layer(l);
-    for (int param : {ids.qkv_w, ids.att_out_w, ids.mlp_up_w, ids.mlp_down_w}) {
+    for (int param : ids.matrices()) {
       const ParamSpec& spec = layout[param];
       QuantWeight q;
       q.param = param;

@@ -7,6 +7,7 @@
 //   qkv_w  [(Hq + 2*Hkv)*Hs, C] = rows of HF q_proj, then k_proj, then v_proj (qkv_b likewise)
 //   mlp_up_w [2*D, C]            = rows of HF gate_proj, then up_proj (see kernels/swiglu.h)
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -37,6 +38,8 @@ struct HfSlice {
 
 struct LayerParamIds {
   int ln1_w, qkv_w, qkv_b, att_out_w, ln2_w, mlp_up_w, mlp_down_w;
+  // The block matrices (what FP8 quantizes and --offload-master / --offload-gradients move).
+  std::array<int, 4> matrices() const { return {qkv_w, att_out_w, mlp_up_w, mlp_down_w}; }
 };
 
 class ParamLayout {

@@ -5,7 +5,6 @@
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
-#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -105,10 +104,8 @@ template <typename T>
 void QwenModel<T>::make_state_stores() {
   const std::vector<ParamSpec>& params = layout_.params();
   std::vector<bool> block_matrix(params.size(), false), none(params.size(), false), all(params.size(), true);
-  for (int l = 0; l < layout_.num_layers(); ++l) {
-    const LayerParamIds& p = layout_.layer(l);
-    for (int id : {p.qkv_w, p.att_out_w, p.mlp_up_w, p.mlp_down_w}) block_matrix[id] = true;
-  }
+  for (int l = 0; l < layout_.num_layers(); ++l)
+    for (int id : layout_.layer(l).matrices()) block_matrix[id] = true;
   const MemKind host = opts_.write_combined ? MemKind::WriteCombined : MemKind::Pinned;
   const DType t = element_dtype<T>();
   weights_ = std::make_unique<ParamStore>(alloc_, "weights", t, MemCategory::Weights, layout_,
@@ -170,8 +167,8 @@ void QwenModel<T>::init_random(std::uint64_t seed) {
   // Offloaded block matrices are made in a layer slot and written back to host memory.
   for (int l = 0; weight_layers_ && l < layout_.num_layers(); ++l) {
     weight_layers_->acquire_for_update(l, /*from_host=*/false, stream_);
-    for (int i = 0; i < static_cast<int>(layout_.params().size()); ++i)
-      if (weights_->offloaded(i) && layout_.layer_of(i) == l) init(i);
+    for (int i : layout_.layer(l).matrices())
+      if (weights_->offloaded(i)) init(i);
     weight_layers_->write_back(l, stream_);
   }
   for (int i = 0; i < static_cast<int>(layout_.params().size()); ++i)
@@ -209,10 +206,9 @@ void QwenModel<T>::weights_changed() {
 template <typename T>
 void QwenModel<T>::write_hf_tensors(const ParamStore& flat, const std::filesystem::path& file, bool as_fp32) const {
   const std::vector<std::byte> bytes = flat.download(stream_);
-  std::vector<T> host(bytes.size() / sizeof(T));
-  std::memcpy(host.data(), bytes.data(), bytes.size());
+  const T* host = reinterpret_cast<const T*>(bytes.data());  // new[]'d: aligned for T
   std::vector<float> host_f32;
-  if (as_fp32) host_f32 = to_float_host(host);
+  if (as_fp32) host_f32 = to_float_host(std::vector<T>(host, host + bytes.size() / sizeof(T)));
   SafeTensorsWriter writer;
   for (const HfSlice& s : layout_.hf_slices()) {
     const ParamSpec& p = layout_[s.param];
@@ -222,7 +218,7 @@ void QwenModel<T>::write_hf_tensors(const ParamStore& flat, const std::filesyste
     if (as_fp32)
       writer.add(s.hf_name, DType::FP32, shape, host_f32.data() + begin);
     else
-      writer.add(s.hf_name, element_dtype<T>(), shape, host.data() + begin);
+      writer.add(s.hf_name, element_dtype<T>(), shape, host + begin);
   }
   if (file.extension() == ".safetensors")
     writer.write(file);

@@ -257,8 +257,8 @@ template <typename T>
 void QwenModel<T>::finish_layer_grads(int l, int micro_step) {
   if (!grad_layers_) return;
   if (micro_step == opts_.grad_accumulation - 1)
-    for (int param = 0; param < static_cast<int>(layout_.params().size()); ++param)
-      if (layout_.layer_of(param) == l && grads_->offloaded(param)) gradient_norm_partial(param);
+    for (int param : layout_.layer(l).matrices())
+      if (grads_->offloaded(param)) gradient_norm_partial(param);
   grad_layers_->write_back(l, stream_);
 }
 
@@ -364,8 +364,7 @@ void QwenModel<T>::prepare_fp8() {
     if (!fp8_->weights_current()) {
       for (int l = 0; l < cfg_.num_layers; ++l) {
         if (weight_layers_) acquire_layer_weights(l, l + 1);
-        const LayerParamIds& p = layout_.layer(l);
-        for (int param : {p.qkv_w, p.att_out_w, p.mlp_up_w, p.mlp_down_w}) fp8_->quantize_weight(param, weight(param), stream_);
+        for (int param : layout_.layer(l).matrices()) fp8_->quantize_weight(param, weight(param), stream_);
         if (weight_layers_) release_layer_weights(l);
       }
       fp8_->mark_weights_current();

@@ -102,9 +102,8 @@ BlockSizes block_sizes(const Variant& v) {
   const ParamLayout layout(tiny_qwen2_config(shape(v)));
   BlockSizes s;
   for (int l = 0; l < layout.num_layers(); ++l) {
-    const LayerParamIds& p = layout.layer(l);
     std::int64_t layer = 0;
-    for (int id : {p.qkv_w, p.att_out_w, p.mlp_up_w, p.mlp_down_w}) layer += layout.padded_numel(id);
+    for (int id : layout.layer(l).matrices()) layer += layout.padded_numel(id);
     s.total += layer;
     s.largest_layer = std::max(s.largest_layer, layer);
   }
