@@ -2,7 +2,7 @@
 """Benchmark table runner: trains each model x matmul dtype for a few steps with `train` and reports speed.
 
 For every model and dtype it runs
-  train --model=M --from-scratch --model-dtype=bf16 --matmul-dtype=DTYPE --batch-size=B
+  train --model=M --from-scratch --model-dtype=bf16 --matmul-dtype=DTYPE [--gradient-dtype=e5m2 with e4m3] --batch-size=B
         --grad-accumulation=A --seq-len=T --steps=S --train-file=TOKENS --eval-every-n-steps=0
         --eval-file=<missing file: no final evaluation> --ckpt-interval=0 --no-save-training-state
         --out-dir/--checkpoint-dir/--log-file=<temp dir> <per-model flags> <--extra>
@@ -97,7 +97,8 @@ def train_env(train):
 
 def train_command(args, model, dtype, batch, accum, flags, run_dir, token_file):
     cmd = [args.train, f"--model={model}", "--from-scratch", f"--model-dtype={'fp32' if dtype == 'fp32' else 'bf16'}",
-           f"--matmul-dtype={dtype}", f"--batch-size={batch}", f"--grad-accumulation={accum}",
+           f"--matmul-dtype={dtype}", *(["--gradient-dtype=e5m2"] if dtype == "e4m3" else []),
+           f"--batch-size={batch}", f"--grad-accumulation={accum}",
            f"--seq-len={args.seq_len}", f"--steps={args.steps}", f"--train-file={token_file}",
            "--eval-every-n-steps=0", f"--eval-file={run_dir / 'no-eval.bin'}",  # missing file: no final eval
            "--ckpt-interval=0", "--no-save-training-state", f"--checkpoint-dir={run_dir / 'ckpt'}",

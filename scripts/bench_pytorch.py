@@ -26,21 +26,21 @@ import statistics
 import sys
 import time
 
-# Qwen2.5 base-model hyperparameters, as in src/model/config.cpp's presets:
-# hidden, MLP width, layers, query heads, kv heads, vocabulary, tied embeddings, rms eps, max positions.
+
+def qwen25_sizes(hidden, mlp, layers, heads, kv_heads, vocab, tied, max_positions):
+    """The Qwen2Config sizes of one Qwen2.5 base model (rms eps 1e-6 for all of them)."""
+    return dict(hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv_heads, vocab_size=vocab, tie_word_embeddings=tied, rms_norm_eps=1e-6,
+                max_position_embeddings=max_positions)
+
+
+# Qwen2.5 base-model hyperparameters, as in src/model/config.cpp's presets.
 QWEN25_PRESETS = {
-    "Qwen2.5-0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                         max_position_embeddings=32768),
-    "Qwen2.5-1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                         max_position_embeddings=131072),
-    "Qwen2.5-3B": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                       max_position_embeddings=32768),
-    "Qwen2.5-7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False, rms_norm_eps=1e-6,
-                       max_position_embeddings=131072),
+    #                            hidden    MLP  layers heads kv   vocab  tied  max positions
+    "Qwen2.5-0.5B": qwen25_sizes(896,    4864,  24,    14,   2, 151936, True,  32768),
+    "Qwen2.5-1.5B": qwen25_sizes(1536,   8960,  28,    12,   2, 151936, True,  131072),
+    "Qwen2.5-3B":   qwen25_sizes(2048,  11008,  36,    16,   2, 151936, True,  32768),
+    "Qwen2.5-7B":   qwen25_sizes(3584,  18944,  28,    28,   4, 152064, False, 131072),
 }
 ROPE_THETA = 1000000.0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
-#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench errors profile quickstart
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench table memory errors profile quickstart
 #                                                    (default: all but quickstart)
 # BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
 # LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
@@ -114,6 +114,15 @@ stage_bench() {  # BENCH_CONFIGS="model batch accum matmul-dtype gradient-dtype 
       --out-dir=/tmp/llmq_out/bench --log-file=/tmp/bench.json >"$log" 2>&1
     note "bench $1 $4/$5 B=$2x$3 ${*:6}: $(grep -E '^\[T\]' "$log" | tail -n 1) $(grep -E 'error' "$log" | head -n 1)"
   done
+}
+
+stage_table() {  # scripts/bench.py's table with the PyTorch baseline; TABLE_MODELS / TABLE_DTYPES pick the rows
+  local d; d=$(shakespeare_tokens)
+  python3 scripts/bench.py --train "$BIN/train" --token-file "$d/train.bin" --models "${TABLE_MODELS:-Qwen2.5-0.5B,Qwen2.5-1.5B}" \
+    --dtypes "${TABLE_DTYPES:-bf16,e4m3}" ${TABLE_ARGS:-} --pytorch --out "$OUT/table" --log-dir "$OUT/table_logs" \
+    >"$OUT/table.log" 2>&1
+  note "table stage rc=$?"
+  cat "$OUT/table.md" >>"$SUMMARY" 2>/dev/null || tail -n 20 "$OUT/table.log" >>"$SUMMARY"
 }
 
 stage_memory() {  # MEMORY_CONFIGS="model batch accum [flags];...": trains MEMORY_STEPS steps under the flags (e.g.

@@ -76,65 +76,72 @@ void check_frontend(fe::error_t status, const char* step, const AttentionShape& 
       CUDNN_VERSION));
 }
 
-std::shared_ptr<fe::graph::Tensor_attributes> input_tensor(fe::graph::Graph& graph, const char* name, TensorUid uid,
-                                                           std::vector<std::int64_t> dims,
-                                                           std::vector<std::int64_t> strides) {
+using TensorAttributes = std::shared_ptr<fe::graph::Tensor_attributes>;
+
+TensorAttributes input_tensor(fe::graph::Graph& graph, const char* name, TensorUid uid, std::vector<std::int64_t> dims,
+                              std::vector<std::int64_t> strides) {
   return graph.tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides));
 }
 
-void make_output(const std::shared_ptr<fe::graph::Tensor_attributes>& t, TensorUid uid, std::vector<std::int64_t> dims,
+void make_output(const TensorAttributes& t, TensorUid uid, std::vector<std::int64_t> dims,
                  std::vector<std::int64_t> strides) {
   t->set_output(true).set_uid(uid).set_dim(dims).set_stride(strides);
 }
 
-std::shared_ptr<fe::graph::Graph> new_bf16_graph() {
+// SDPA_attributes or SDPA_backward_attributes with the 1/sqrt(Hs) scale and the causal mask: key j is
+// visible to query i iff j <= i.
+template <typename SdpaAttributes>
+SdpaAttributes causal_sdpa(const char* name, const AttentionShape& s) {
+  SdpaAttributes options;
+  options.set_name(name)
+      .set_attn_scale(s.scale())
+      .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
+      .set_diagonal_band_right_bound(0);
+  return options;
+}
+
+// Forward: (q, k, v) -> (o, stats).
+void define_forward(fe::graph::Graph& graph, const TensorAttributes& q, const TensorAttributes& k,
+                    const TensorAttributes& v, const AttentionShape& s) {
+  auto options = causal_sdpa<fe::graph::SDPA_attributes>("causal_attention", s);
+  options.set_generate_stats(true);
+  auto [o, stats] = graph.sdpa(q, k, v, options);
+  make_output(o, kO, s.dims(s.Hq), s.att_strides());
+  make_output(stats, kStats, s.stats_dims(), s.stats_strides());
+  stats->set_data_type(fe::DataType_t::FLOAT);
+}
+
+// Backward: (q, k, v, o, do, stats) -> (dq, dk, dv).
+void define_backward(fe::graph::Graph& graph, const TensorAttributes& q, const TensorAttributes& k,
+                     const TensorAttributes& v, const AttentionShape& s) {
+  auto o = input_tensor(graph, "o", kO, s.dims(s.Hq), s.att_strides());
+  auto d_o = input_tensor(graph, "do", kDO, s.dims(s.Hq), s.att_strides());
+  auto stats = input_tensor(graph, "stats", kStats, s.stats_dims(), s.stats_strides());
+  stats->set_data_type(fe::DataType_t::FLOAT);
+  auto options = causal_sdpa<fe::graph::SDPA_backward_attributes>("causal_attention_backward", s);
+  // bit-reproducible dQ (no atomics): resuming from a checkpoint must replay exactly
+  options.set_deterministic_algorithm(true);
+  auto [dq, dk, dv] = graph.sdpa_backward(q, k, v, o, d_o, stats, options);
+  make_output(dq, kDQ, s.dims(s.Hq), s.qkv_strides());
+  make_output(dk, kDK, s.dims(s.Hkv), s.qkv_strides());
+  make_output(dv, kDV, s.dims(s.Hkv), s.qkv_strides());
+}
+
+// The forward or backward graph (s.backward): bf16 tensors, fp32 accumulation, q, k, v inputs as
+// strided views into the packed qkv.
+std::shared_ptr<fe::graph::Graph> define_graph(const AttentionShape& s) {
   auto graph = std::make_shared<fe::graph::Graph>();
   graph->set_io_data_type(fe::DataType_t::BFLOAT16)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
-  return graph;
-}
-
-// Forward: (q, k, v) -> (o, stats).
-std::shared_ptr<fe::graph::Graph> define_forward(const AttentionShape& s) {
-  auto graph = new_bf16_graph();
   auto q = input_tensor(*graph, "q", kQ, s.dims(s.Hq), s.qkv_strides());
   auto k = input_tensor(*graph, "k", kK, s.dims(s.Hkv), s.qkv_strides());
   auto v = input_tensor(*graph, "v", kV, s.dims(s.Hkv), s.qkv_strides());
-  auto options = fe::graph::SDPA_attributes()
-                     .set_name("causal_attention")
-                     .set_generate_stats(true)
-                     .set_attn_scale(s.scale())
-                     .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-                     .set_diagonal_band_right_bound(0);  // key j visible to query i iff j <= i
-  auto [o, stats] = graph->sdpa(q, k, v, options);
-  make_output(o, kO, s.dims(s.Hq), s.att_strides());
-  make_output(stats, kStats, s.stats_dims(), s.stats_strides());
-  stats->set_data_type(fe::DataType_t::FLOAT);
-  return graph;
-}
-
-// Backward: (q, k, v, o, do, stats) -> (dq, dk, dv).
-std::shared_ptr<fe::graph::Graph> define_backward(const AttentionShape& s) {
-  auto graph = new_bf16_graph();
-  auto q = input_tensor(*graph, "q", kQ, s.dims(s.Hq), s.qkv_strides());
-  auto k = input_tensor(*graph, "k", kK, s.dims(s.Hkv), s.qkv_strides());
-  auto v = input_tensor(*graph, "v", kV, s.dims(s.Hkv), s.qkv_strides());
-  auto o = input_tensor(*graph, "o", kO, s.dims(s.Hq), s.att_strides());
-  auto d_o = input_tensor(*graph, "do", kDO, s.dims(s.Hq), s.att_strides());
-  auto stats = input_tensor(*graph, "stats", kStats, s.stats_dims(), s.stats_strides());
-  stats->set_data_type(fe::DataType_t::FLOAT);
-  auto options = fe::graph::SDPA_backward_attributes()
-                     .set_name("causal_attention_backward")
-                     .set_attn_scale(s.scale())
-                     .set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT)
-                     .set_diagonal_band_right_bound(0)
-                     // bit-reproducible dQ (no atomics): resuming from a checkpoint must replay exactly
-                     .set_deterministic_algorithm(true);
-  auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
-  make_output(dq, kDQ, s.dims(s.Hq), s.qkv_strides());
-  make_output(dk, kDK, s.dims(s.Hkv), s.qkv_strides());
-  make_output(dv, kDV, s.dims(s.Hkv), s.qkv_strides());
+  if (s.backward) {
+    define_backward(*graph, q, k, v, s);
+  } else {
+    define_forward(*graph, q, k, v, s);
+  }
   return graph;
 }
 
@@ -144,7 +151,7 @@ struct BuiltGraph {
 };
 
 BuiltGraph build_graph(cudnnHandle_t handle, const AttentionShape& s) {
-  BuiltGraph built{s.backward ? define_backward(s) : define_forward(s)};
+  BuiltGraph built{define_graph(s)};
   fe::graph::Graph& g = *built.graph;
   check_frontend(g.validate(), "validate", s);
   check_frontend(g.build_operation_graph(handle), "build_operation_graph", s);
@@ -166,6 +173,14 @@ void check_shape(int B, int T, int Hq, int Hkv, int Hs) {
 // The address `elements` bf16 values after p (q, k, v start at different heads of one packed row).
 void* bf16_offset(const void* p, std::size_t elements) {
   return const_cast<std::byte*>(static_cast<const std::byte*>(p)) + elements * 2;
+}
+
+// Variant-pack entries for the q, k, v heads (or dq, dk, dv) of one packed [B, T, Hq+2*Hkv, Hs] row.
+void add_head_views(std::unordered_map<std::int64_t, void*>& pack, const void* packed, TensorUid q, TensorUid k,
+                    TensorUid v, int Hq, int Hkv, int Hs) {
+  pack[q] = bf16_offset(packed, 0);
+  pack[k] = bf16_offset(packed, static_cast<std::size_t>(Hq) * Hs);
+  pack[v] = bf16_offset(packed, static_cast<std::size_t>(Hq + Hkv) * Hs);
 }
 
 void check_aligned(const void* p, const char* name) {
@@ -223,14 +238,8 @@ void AttentionContext::forward(void* att, float* lse, const void* qkv, int B, in
   check_aligned(att, "att");
   check_aligned(lse, "lse");
   check_aligned(qkv, "qkv");
-  const std::size_t k_offset = static_cast<std::size_t>(Hq) * Hs, v_offset = static_cast<std::size_t>(Hq + Hkv) * Hs;
-  std::unordered_map<std::int64_t, void*> pack = {
-      {kQ, bf16_offset(qkv, 0)},
-      {kK, bf16_offset(qkv, k_offset)},
-      {kV, bf16_offset(qkv, v_offset)},
-      {kO, att},
-      {kStats, lse},
-  };
+  std::unordered_map<std::int64_t, void*> pack = {{kO, att}, {kStats, lse}};
+  add_head_views(pack, qkv, kQ, kK, kV, Hq, Hkv, Hs);
   impl_->execute({B, T, Hq, Hkv, Hs, false}, pack, workspace, workspace_size, stream);
 }
 
@@ -243,18 +252,13 @@ void AttentionContext::backward(void* d_qkv, const void* d_att, const void* att,
   check_aligned(att, "att");
   check_aligned(lse, "lse");
   check_aligned(qkv, "qkv");
-  const std::size_t k_offset = static_cast<std::size_t>(Hq) * Hs, v_offset = static_cast<std::size_t>(Hq + Hkv) * Hs;
   std::unordered_map<std::int64_t, void*> pack = {
-      {kQ, bf16_offset(qkv, 0)},
-      {kK, bf16_offset(qkv, k_offset)},
-      {kV, bf16_offset(qkv, v_offset)},
       {kO, const_cast<void*>(att)},
       {kDO, const_cast<void*>(d_att)},
       {kStats, const_cast<float*>(lse)},
-      {kDQ, d_qkv},
-      {kDK, bf16_offset(d_qkv, k_offset)},
-      {kDV, bf16_offset(d_qkv, v_offset)},
   };
+  add_head_views(pack, qkv, kQ, kK, kV, Hq, Hkv, Hs);
+  add_head_views(pack, d_qkv, kDQ, kDK, kDV, Hq, Hkv, Hs);
   impl_->execute({B, T, Hq, Hkv, Hs, true}, pack, workspace, workspace_size, stream);
 }
 

@@ -1,4 +1,4 @@
-// Fused softmax cross-entropy for the chunked LM head (math in cross_entropy.cu).
+// Fused softmax cross-entropy for the chunked LM head (math and kernel organisation in cross_entropy.cu).
 // The launcher overwrites a chunk of logits [R, V] with their gradient, so a chunk of fp32/bf16
 // logits is the only vocabulary-sized buffer ever needed.
 #pragma once
@@ -20,6 +20,12 @@ void cross_entropy_forward_backward(float* logits, const std::int32_t* targets, 
                                     float grad_scale, float z_loss, cudaStream_t stream);
 void cross_entropy_forward_backward(nv_bfloat16* logits, const std::int32_t* targets, float* losses, int R, int V,
                                     float grad_scale, float z_loss, cudaStream_t stream);
+
+// CTAs that share one row of bf16 logits of width V on the current device: 1..8 when the bf16 launcher
+// runs the single-read cluster kernel, 0 when it runs the two-pass kernel (a row too wide for 8 CTAs'
+// shared memory, no cluster support, or a refused cluster launch). The launcher decides by itself;
+// this is for tests and benchmarks.
+int cross_entropy_bf16_ctas_per_row(int V);
 
 // Scratch needed by loss_sum (independent of R).
 std::size_t loss_sum_scratch_bytes();

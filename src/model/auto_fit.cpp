@@ -78,10 +78,9 @@ std::pair<double, double> recompute_work(const ModelConfig& cfg, const QwenModel
 
 double cost_seconds(const ModelConfig& cfg, const QwenModelOptions& o, double peak_flops) {
   const double rate = kMatmulEfficiency * peak_flops;
-  const double N = static_cast<double>(o.batch_size) * o.seq_len;
   const double elem = dtype_size(o.model_dtype);
   const auto [re_flops, re_bytes] = recompute_work(cfg, o);
-  const double compute = N * static_cast<double>(cfg.training_flops_per_token(o.seq_len)) / rate + re_flops / rate +
+  const double compute = static_cast<double>(o.batch_size) * o.seq_len * static_cast<double>(cfg.training_flops_per_token(o.seq_len)) / rate + re_flops / rate +
                          re_bytes / kHbmBytesPerSecond;
 
   // Streamed layers per micro-step (see layer_streamer.h); FP8 block GEMMs read the FP8 copies.
@@ -94,6 +93,14 @@ double cost_seconds(const ModelConfig& cfg, const QwenModelOptions& o, double pe
     down += block_bytes;
     up += block_bytes * (accum - 1) / accum;  // partial sums come back after the first micro-step
   }
+  const double N = static_cast<double>(o.batch_size) * o.seq_len;
+  if (o.offload_residual) {  // each residual goes out in the forward pass and comes back in the backward
+    const double residual_bytes = (cfg.num_layers + 1) * N * cfg.hidden_size * elem;
+    up += residual_bytes;
+    down += residual_bytes;
+  }
+  const double fp8_block_bytes = block_matrix_elements(cfg);  // one byte per element
+  if (o.offload_quants) up += fp8_block_bytes * (fp8_backward ? 2 : 1);
   const double micro = std::max(compute, std::max(up, down) / kPcieBytesPerSecond);
 
   // Optimizer: every element's weights, gradient and moments pass through AdamW once.
@@ -104,6 +111,7 @@ double cost_seconds(const ModelConfig& cfg, const QwenModelOptions& o, double pe
   if (o.offload_gradients) opt_up += block_bytes;
   if (o.offload_opt_m) opt_up += m_bytes, opt_down += m_bytes;
   if (o.offload_opt_v) opt_up += v_bytes, opt_down += v_bytes;
+  if (o.offload_quants) opt_down += fp8_block_bytes;  // the re-quantized weights go out once per step
   const double optimizer = std::max(opt_up, opt_down) / kPcieBytesPerSecond +
                            2 * (2 * P * elem + m_bytes + v_bytes) / kHbmBytesPerSecond;
   return accum * micro + optimizer;
@@ -111,19 +119,28 @@ double cost_seconds(const ModelConfig& cfg, const QwenModelOptions& o, double pe
 
 std::vector<FitCandidate> fit_candidates(const ModelConfig& cfg, const QwenModelOptions& base, double peak_flops) {
   std::vector<FitCandidate> out;
+  const bool fp8 = base.matmul_dtype == DType::E4M3;
   for (const RecomputeLevel& r : kRecomputeLevels) {
     for (const OffloadSet& s : kOffloadSets) {
-      FitCandidate c;
-      c.opts = base;
-      c.opts.recompute = r.options;
-      c.opts.offload_master = s.master;
-      c.opts.offload_gradients = s.gradients;
-      c.opts.offload_opt_m = s.opt_m;
-      c.opts.offload_opt_v = s.opt_v;
-      c.opts.use_zero_copy = false;
-      c.flags = join_flags(r.flags, s.flags);
-      c.est_step_seconds = cost_seconds(cfg, c.opts, peak_flops);
-      out.push_back(c);
+      for (const bool residual : {false, true}) {
+        for (const bool quants : {false, true}) {
+          if (quants && !fp8) continue;  // without FP8 there are no quantized copies
+          FitCandidate c;
+          c.opts = base;
+          c.opts.recompute = r.options;
+          c.opts.offload_master = s.master;
+          c.opts.offload_gradients = s.gradients;
+          c.opts.offload_opt_m = s.opt_m;
+          c.opts.offload_opt_v = s.opt_v;
+          c.opts.offload_residual = residual;
+          c.opts.offload_quants = quants;
+          c.opts.use_zero_copy = false;
+          c.flags = join_flags(join_flags(r.flags, s.flags),
+                               join_flags(residual ? "--offload-residual" : "", quants ? "--offload-quants" : ""));
+          c.est_step_seconds = cost_seconds(cfg, c.opts, peak_flops);
+          out.push_back(c);
+        }
+      }
     }
   }
   // Stable: equal estimates keep the order above (less recomputation, fewer offloads first).

@@ -1,8 +1,9 @@
 // --auto-fit: the fastest placement of a run that fits --memory-limit.
 //
 // Candidates are every combination of a recompute level (none, swiglu, swiglu+norm, ffn+norm,
-// att+ffn+norm, block) and the offloads (Adam v, Adam m+v; block weights; block gradients): 72
-// in all, all bit-identical in what they compute. Each gets an estimated step time from a cost
+// att+ffn+norm, block) and the offloads (Adam v, Adam m+v; block weights; block gradients; the
+// residual stream; with FP8 the quantized weights): 144, or 288 with FP8, all bit-identical in
+// what they compute. Each gets an estimated step time from a cost
 // model (cost_seconds) and, in order of that estimate, a memory plan (plan_qwen_memory, exact:
 // the same allocations as the real run); the first that fits wins. When none fits at the given
 // micro-batch, the micro-batch is halved and the accumulation doubled (same tokens per step).

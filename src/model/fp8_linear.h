@@ -6,8 +6,14 @@
 //   backward dx = dy @ W          dy e5m2, W^T e4m3 (a transposed copy)   } with --gradient-dtype=e5m2,
 //            dW += dy^T @ x        dy^T e5m2, x^T e4m3                     } otherwise bf16 x bf16
 // The data gradient reads dy K-major along the output features, the weight gradient along the
-// tokens: one quantize+transpose pass writes both. x^T is quantized from the bf16 activation the
-// forward kept, with the forward's abs-max (so recomputation changes nothing).
+// tokens: one quantize+transpose pass writes both. The weight gradient's x^T is the forward's x
+// quantized with the same abs-max slot, transposed; it comes from one of two places, same bytes:
+//   keep_input_transposes (the speed configuration: no recomputation, no offloading): the forward's
+//     quantization pass writes x (row-major, shared scratch, for its GEMM) and x^T into a buffer of
+//     that block matrix's own (one per layer and GEMM: N * in_f bytes each, category Quants), which
+//     the backward reads directly;
+//   otherwise (costs no memory): the backward quantizes the bf16 x again, transposed. Recomputation
+//     refills x with the forward's bits and the abs-max slot keeps its value, so both ways agree.
 // Scales are "current": scale = fp8_max / abs-max of the tensor being quantized, where the abs-max
 // of activations and activation gradients comes from the kernel that produced the tensor
 // (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are
@@ -18,11 +24,16 @@
 // micro-step. The data gradient needs W^T K-major: a second, transposed copy made at the same time,
 // or (transpose_per_use, when memory is short: --offload-master) a byte transpose of the one copy
 // into a scratch buffer just before each data-gradient GEMM; same bytes either way.
+// With offload_weights (--offload-quants) that one copy per weight lives in pinned host memory,
+// layer after layer, and reaches the GEMMs through two device layer slots (layer_streamer.h): the
+// model brackets each layer's use with acquire_layer / release_layer and each re-quantization
+// with discard_layer_slots, then begin_update / end_update per layer.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/allocator.h"
@@ -34,6 +45,7 @@ namespace llmq {
 namespace kernels {
 class MatmulContext;
 }
+class LayerStreamer;
 
 // Abs-max slots of one layer, in the order the step fills them.
 enum class Fp8Slot : int { Ln1Out, Att, Ln2Out, SwigluOut, DResMlp, DMlpUp, DResAtt, DQkv, kCount };
@@ -42,13 +54,30 @@ class Fp8Linear {
  public:
   // rows: the most rows one GEMM sees (B*T). fp8_dgrad: activation-gradient GEMMs in e5m2 x e4m3.
   // transpose_per_use: keep one FP8 copy per weight, transposing it for each data gradient.
+  // keep_input_transposes: the forward keeps every GEMM input's e4m3 x^T for the weight gradient
+  // (see above); honoured only with fp8_dgrad and rows % 16 == 0 (else the backward is not FP8).
+  // offload_weights: the FP8 weight copies in pinned host memory (implies transpose_per_use).
   Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad,
-            bool transpose_per_use = false);
+            bool transpose_per_use = false, bool keep_input_transposes = false, bool offload_weights = false);
+  ~Fp8Linear();
 
   bool fp8_dgrad() const { return fp8_dgrad_; }
+  // Offloaded FP8 weights: layer l's copies are on the device for work enqueued between
+  // acquire_layer(l, next) (which also starts copying layer `next`) and release_layer(l);
+  // quantize_weight() of layer l's matrices goes between begin_update(l) and end_update(l).
+  // All four are no-ops without offload_weights.
+  bool streams_weights() const { return streamer_ != nullptr; }
+  void acquire_layer(int l, int next, cudaStream_t stream);
+  void release_layer(int l, cudaStream_t stream);
+  void begin_update(int l, cudaStream_t stream);
+  void end_update(int l, cudaStream_t stream);
+  // Before re-quantizing: layer slots still holding the old copies must not be reused.
+  void discard_layer_slots(cudaStream_t stream);
+  bool keeps_input_transposes() const { return keep_inputs_; }
   float* absmax(int layer, Fp8Slot slot) const;
 
-  // Zeroes every abs-max slot (start of a micro-step or an evaluation batch).
+  // Zeroes every abs-max slot (start of a micro-step or an evaluation batch). A backward uses only
+  // x^T kept by a forward of the same micro-step.
   void begin_micro_step(cudaStream_t stream);
   void mark_weights_changed() { weights_current_ = false; }
   void mark_weights_current() { weights_current_ = true; }
@@ -56,11 +85,13 @@ class Fp8Linear {
   // Quantizes block matrix `param` from its bf16 values `w` (a device pointer).
   void quantize_weight(int param, const nv_bfloat16* w, cudaStream_t stream);
 
-  // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax.
+  // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax
+  // (with keep_input_transposes also kept as x^T for backward() of the same param).
   void forward(kernels::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
                const nv_bfloat16* bias, int rows, int in_f, int out_f, cudaStream_t stream);
   // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f] and dW[out_f, in_f] += dy^T @ x, dy quantized
-  // to e5m2 with dy_absmax, x to e4m3 with x_absmax (the forward's slot).
+  // to e5m2 with dy_absmax, x to e4m3 with x_absmax (the forward's slot). With
+  // keep_input_transposes x and x_absmax are not read: the x^T this micro-step's forward kept is.
   void backward(kernels::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
                 const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows, int in_f,
                 int out_f, cudaStream_t stream);
@@ -69,25 +100,38 @@ class Fp8Linear {
   struct QuantWeight {
     int param = -1;
     std::int64_t rows = 0, cols = 0;
-    void* q = nullptr;    // e4m3 [rows, cols]
+    int layer = -1;
+    void* q = nullptr;    // e4m3 [rows, cols]; null when offloaded
+    std::size_t offset_in_layer = 0;  // offloaded: byte offset of this weight in its layer's slot
     void* q_t = nullptr;  // e4m3 [cols, rows], only with fp8_dgrad and not transpose_per_use
-    int scale_slot = 0;   // index into weight_absmax_ / weight_scale_inv_
+    int scale_slot = 0;   // index into weight_absmax_ / weight_scale_inv_ / input_scale_inv_
+    void* x_t = nullptr;  // e4m3 [cols, rows_]: the GEMM input x^T, only with keep_input_transposes
+    std::uint64_t x_t_micro_step = 0;  // micro_step_ of the forward that wrote x_t (0: none)
   };
   const QuantWeight& quant(int param) const;
+  QuantWeight& quant(int param);
+  void* weight_q(const QuantWeight& w) const;  // the e4m3 copy on the device (a layer slot if offloaded)
+  // Offloaded layout: layer after layer in one pinned buffer, every weight 16-byte aligned.
+  void make_offloaded_weights(Allocator& alloc);
 
   bool fp8_dgrad_;
+  bool keep_inputs_;
   bool weights_current_ = false;
   int layers_;
+  int rows_;
+  std::uint64_t micro_step_ = 0;  // begin_micro_step() calls so far
   std::vector<int> param_to_quant_;  // -1 for parameters that stay bf16
   std::vector<QuantWeight> quants_;
   float* weight_absmax_ = nullptr;     // [quants]
   float* weight_scale_inv_ = nullptr;  // [quants * 4]: 16-byte aligned slots
   float* act_absmax_ = nullptr;        // [layers * Fp8Slot::kCount]
   float* act_scale_inv_ = nullptr;     // x, dy, 16 bytes apart (stream order makes one slot each enough)
-  void* x_q_ = nullptr;                // e4m3 [rows, max in_f]; in the backward x^T [in_f, rows]
+  float* input_scale_inv_ = nullptr;   // [quants * 4]: scale of each kept x^T, only with keep_inputs_
+  void* x_q_ = nullptr;                // e4m3 [rows, max in_f]; in the backward x^T [in_f, rows] unless kept
   void* dy_q_ = nullptr;               // e5m2 [rows, max out_f], only with fp8_dgrad
   void* dy_q_t_ = nullptr;             // e5m2 [max out_f, rows], only with fp8_dgrad
   void* w_t_ = nullptr;                // e4m3 W^T of the current GEMM, only with transpose_per_use
+  std::unique_ptr<LayerStreamer> streamer_;  // only with offload_weights
 };
 
 }  // namespace llmq

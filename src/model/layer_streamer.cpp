@@ -1,6 +1,8 @@
 // LayerStreamer: see layer_streamer.h.
 #include "model/layer_streamer.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "core/errors.h"
@@ -9,29 +11,41 @@ namespace llmq {
 
 LayerStreamer::LayerStreamer(Allocator& alloc, const ParamStore& store, const ParamLayout& layout,
                              const std::string& name, MemCategory category)
-    : store_(store), layout_(layout) {
-  std::int64_t largest = 0;
+    : store_(&store), layout_(&layout) {
+  const std::size_t elem = dtype_size(store.dtype());
   for (int l = 0; l < layout.num_layers(); ++l) {
-    LayerRange range{-1, -1};
-    std::int64_t padded_total = 0;
+    std::int64_t begin = -1, end = -1, padded_total = 0;
     for (int id = 0; id < static_cast<int>(layout.params().size()); ++id) {
       if (layout.layer_of(id) != l || !store.offloaded(id)) continue;
       const std::int64_t padded = layout.padded_numel(id);
-      const std::int64_t begin = store.physical(layout[id].offset);
-      range.begin = range.begin < 0 ? begin : std::min(range.begin, begin);
-      range.end = std::max(range.end, begin + padded);
+      const std::int64_t first = store.physical(layout[id].offset);
+      begin = begin < 0 ? first : std::min(begin, first);
+      end = std::max(end, first + padded);
       padded_total += padded;
     }
-    if (range.begin < 0) range = LayerRange{0, 0};
-    LLMQ_REQUIRE(range.end - range.begin == padded_total,
+    if (begin < 0) begin = end = 0;
+    LLMQ_REQUIRE(end - begin == padded_total,
                  "internal error: offloaded parameters of layer {} are not contiguous in host memory", l);
-    layers_.push_back(range);
-    largest = std::max(largest, range.end - range.begin);
+    first_element_.push_back(begin);
+    std::byte* host = padded_total ? store.host_part().bytes_ptr() + begin * static_cast<std::int64_t>(elem) : nullptr;
+    layers_.push_back({host, static_cast<std::size_t>(end - begin) * elem});
   }
+  create_slots(alloc, name, category);
+}
+
+LayerStreamer::LayerStreamer(Allocator& alloc, std::vector<HostLayer> layers, const std::string& name,
+                             MemCategory category)
+    : layers_(std::move(layers)) {
+  create_slots(alloc, name, category);
+}
+
+void LayerStreamer::create_slots(Allocator& alloc, const std::string& name, MemCategory category) {
+  std::size_t largest = 0;
+  for (const HostLayer& l : layers_) largest = std::max(largest, l.bytes);
   for (int s = 0; s < 2; ++s) {
     if (largest > 0)
-      slots_[s].data = alloc.allocate(fmt::format("{} (layer slot {})", name, s), store.dtype(), {largest}, category)
-                           .bytes_ptr();
+      slots_[s].data = static_cast<std::byte*>(
+          alloc.allocate_bytes(fmt::format("{} (layer slot {})", name, s), largest, category));
     LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].ready, cudaEventDisableTiming));
     LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].free, cudaEventDisableTiming));
   }
@@ -55,14 +69,6 @@ LayerStreamer::~LayerStreamer() {
     if (e) cudaEventDestroy(e);
 }
 
-std::size_t LayerStreamer::layer_bytes(int l) const {
-  return static_cast<std::size_t>(layers_[l].end - layers_[l].begin) * dtype_size(store_.dtype());
-}
-
-std::byte* LayerStreamer::host_ptr(int l) const {
-  return store_.host_part().bytes_ptr() + layers_[l].begin * static_cast<std::int64_t>(dtype_size(store_.dtype()));
-}
-
 int LayerStreamer::slot_holding(int l) const {
   for (int s = 0; s < 2; ++s)
     if (slots_[s].layer == l) return s;
@@ -83,8 +89,8 @@ void LayerStreamer::copy_in(int s, int l) {
   Slot& slot = slots_[s];
   LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, slot.free, 0));
   LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, host_written_, 0));
-  if (layer_bytes(l))
-    LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, host_ptr(l), layer_bytes(l), cudaMemcpyHostToDevice, upload_));
+  if (layers_[l].bytes)
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, layers_[l].host, layers_[l].bytes, cudaMemcpyHostToDevice, upload_));
   LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, upload_));
   slot.layer = l;
 }
@@ -111,7 +117,7 @@ void LayerStreamer::acquire_for_update(int l, bool from_host, cudaStream_t compu
   LLMQ_REQUIRE(s >= 0, "internal error: both layer slots are in use (zeroed layer {})", l);
   Slot& slot = slots_[s];
   LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, slot.free, 0));
-  if (layer_bytes(l)) LLMQ_CUDA_CHECK(cudaMemsetAsync(slot.data, 0, layer_bytes(l), compute));
+  if (layers_[l].bytes) LLMQ_CUDA_CHECK(cudaMemsetAsync(slot.data, 0, layers_[l].bytes, compute));
   slot.layer = l;
   slot.in_use = true;
 }
@@ -135,8 +141,8 @@ void LayerStreamer::write_back(int l, cudaStream_t compute) {
   Slot& slot = slots_[s];
   LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, compute));  // "compute is done with the slot"
   LLMQ_CUDA_CHECK(cudaStreamWaitEvent(download_, slot.ready, 0));
-  if (layer_bytes(l))
-    LLMQ_CUDA_CHECK(cudaMemcpyAsync(host_ptr(l), slot.data, layer_bytes(l), cudaMemcpyDeviceToHost, download_));
+  if (layers_[l].bytes)
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(layers_[l].host, slot.data, layers_[l].bytes, cudaMemcpyDeviceToHost, download_));
   LLMQ_CUDA_CHECK(cudaEventRecord(slot.free, download_));
   slot.layer = -1;
   slot.in_use = false;
@@ -158,12 +164,16 @@ void LayerStreamer::synchronize_into(cudaStream_t compute) {
 }
 
 std::byte* LayerStreamer::device_ptr(int param) const {
-  const int l = layout_.layer_of(param);
+  LLMQ_REQUIRE(store_ && store_->offloaded(param), "internal error: parameter {} is not streamed", param);
+  const int l = layout_->layer_of(param);
+  const std::int64_t offset = store_->physical((*layout_)[param].offset) - first_element_[l];
+  return slot_data(l) + offset * static_cast<std::int64_t>(dtype_size(store_->dtype()));
+}
+
+std::byte* LayerStreamer::slot_data(int l) const {
   const int s = l >= 0 ? slot_holding(l) : -1;
-  LLMQ_REQUIRE(s >= 0 && slots_[s].in_use && store_.offloaded(param),
-               "internal error: parameter {} is not in a layer slot", layout_[param].name);
-  const std::int64_t offset = store_.physical(layout_[param].offset) - layers_[l].begin;
-  return slots_[s].data + offset * static_cast<std::int64_t>(dtype_size(store_.dtype()));
+  LLMQ_REQUIRE(s >= 0 && slots_[s].in_use, "internal error: layer {} is not in a layer slot", l);
+  return slots_[s].data;
 }
 
 }  // namespace llmq

@@ -28,8 +28,15 @@ namespace llmq {
 
 class LayerStreamer {
  public:
+  // The offloaded parameters of each layer of `store`.
   LayerStreamer(Allocator& alloc, const ParamStore& store, const ParamLayout& layout, const std::string& name,
                 MemCategory category);
+  // Any per-layer host data: layer l is `layers[l].bytes` bytes at `layers[l].host` (pinned memory).
+  struct HostLayer {
+    std::byte* host = nullptr;
+    std::size_t bytes = 0;
+  };
+  LayerStreamer(Allocator& alloc, std::vector<HostLayer> layers, const std::string& name, MemCategory category);
   ~LayerStreamer();
   LayerStreamer(const LayerStreamer&) = delete;
   LayerStreamer& operator=(const LayerStreamer&) = delete;
@@ -49,8 +56,10 @@ class LayerStreamer {
   // copy of written-back gradients is complete).
   void synchronize_into(cudaStream_t compute);
 
-  // Device address of an offloaded parameter of a layer that is in a slot.
+  // Device address of an offloaded parameter of a layer that is in a slot (store constructor only).
   std::byte* device_ptr(int param) const;
+  // Device address of layer l's data; l must be in a slot.
+  std::byte* slot_data(int l) const;
 
  private:
   struct Slot {
@@ -60,18 +69,15 @@ class LayerStreamer {
     cudaEvent_t ready = nullptr;  // the copy into the slot is done
     cudaEvent_t free = nullptr;   // the slot's last reader (compute or a write-back) is done
   };
-  struct LayerRange {
-    std::int64_t begin = 0, end = 0;  // physical elements in the store's host buffer
-  };
+  void create_slots(Allocator& alloc, const std::string& name, MemCategory category);
   int slot_holding(int l) const;
   int free_slot() const;  // a slot not in use, preferring one that holds no layer; -1 if none
   void copy_in(int s, int l);
-  std::size_t layer_bytes(int l) const;
-  std::byte* host_ptr(int l) const;
 
-  const ParamStore& store_;
-  const ParamLayout& layout_;
-  std::vector<LayerRange> layers_;
+  const ParamStore* store_ = nullptr;    // store constructor only
+  const ParamLayout* layout_ = nullptr;
+  std::vector<std::int64_t> first_element_;  // store constructor: physical host element where layer l starts
+  std::vector<HostLayer> layers_;
   std::array<Slot, 2> slots_;
   cudaStream_t upload_ = nullptr, download_ = nullptr;
   cudaEvent_t host_written_ = nullptr, copies_done_ = nullptr;

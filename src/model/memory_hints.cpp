@@ -13,10 +13,12 @@ ShrinkHints memory_shrink_hints() {
   set(MemCategory::AdamM, "--offload-opt-m or --opt-m-dtype=bf16");
   set(MemCategory::AdamV, "--offload-opt-v or --opt-v-dtype=bf16");
   set(MemCategory::Activations,
-      "--recompute-block (or lighter --recompute-*), a smaller --batch-size with more --grad-accumulation, "
-      "--lmhead-chunks=N");
+      "--recompute-block (or lighter --recompute-*), --offload-residual, a smaller --batch-size with more "
+      "--grad-accumulation, --lmhead-chunks=N");
   // With --offload-master the FP8 weights keep one copy and transpose it per use (fp8_linear.h).
-  set(MemCategory::Quants, "--offload-master (one FP8 copy per weight instead of two) or --matmul-dtype=bf16");
+  set(MemCategory::Quants,
+      "--offload-quants (FP8 weights to pinned host memory), --offload-master (one FP8 copy per weight instead of "
+      "two) or --matmul-dtype=bf16");
   return hints;
 }
 

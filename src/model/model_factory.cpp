@@ -41,6 +41,8 @@ QwenModelOptions model_options(const TrainOptions& opts) {
   m.offload_gradients = opts.offload_gradients;
   m.offload_opt_m = opts.offload_opt_m;
   m.offload_opt_v = opts.offload_opt_v;
+  m.offload_residual = opts.offload_residual;
+  m.offload_quants = opts.offload_quants;
   m.use_zero_copy = opts.use_zero_copy;
   m.write_combined = opts.write_combined;
   m.use_cuda_graphs = opts.use_cuda_graphs;
@@ -92,6 +94,9 @@ void apply_auto_fit(TrainOptions& opts) {
   opts.offload_gradients = m.offload_gradients;
   opts.offload_opt_m = m.offload_opt_m;
   opts.offload_opt_v = m.offload_opt_v;
+  opts.offload_residual = m.offload_residual;
+  opts.offload_quants = m.offload_quants;
+  opts.persistent_quants = opts.persistent_quants || m.offload_quants;
   opts.use_zero_copy = m.use_zero_copy;
 }
 

@@ -22,6 +22,7 @@
 #include "model/layer_streamer.h"
 #include "model/memory_hints.h"
 #include "model/param_store.h"
+#include "model/residual_streamer.h"
 #include "model/state_streamer.h"
 #include "model/fp8_linear.h"
 #include "model/qwen_util.h"
@@ -46,11 +47,24 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
 
   make_state_stores();
   run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks,
-                                    opts.recompute);
+                                    opts.recompute, opts.offload_residual);
+  if (opts.offload_residual)
+    residuals_ = std::make_unique<ResidualStreamer>(
+        alloc_, cfg.num_layers + 1, run_->residual[0].bytes(),
+        std::array<std::byte*, 2>{run_->residual_slots[0].bytes_ptr(), run_->residual_slots[1].bytes_ptr()});
+  LLMQ_REQUIRE(!opts.offload_quants || opts.matmul_dtype == DType::E4M3,
+               "--offload-quants needs --matmul-dtype=e4m3 (there are no FP8 weight copies otherwise)");
   if (opts.matmul_dtype == DType::E4M3) {
     LLMQ_REQUIRE((std::is_same_v<T, nv_bfloat16>), "--matmul-dtype=e4m3 needs --model-dtype=bf16");
+    // Keeping every GEMM input's e4m3 x^T for the weight gradient saves a quantization pass per GEMM
+    // and costs N bytes per input feature and layer: only in the speed configuration (no recompute,
+    // no offload flag); memory-tight configurations re-quantize in the backward instead.
+    const bool keep_input_transposes = !opts.recompute.any() && !opts.offload_master && !opts.offload_gradients &&
+                                       !opts.offload_opt_m && !opts.offload_opt_v && !opts.offload_residual &&
+                                       !opts.offload_quants;
     fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2,
-                                       /*transpose_per_use=*/opts.offload_master);
+                                       /*transpose_per_use=*/opts.offload_master, keep_input_transposes,
+                                       /*offload_weights=*/opts.offload_quants);
   }
   stream_weights_forward_ = weights_->any_offloaded() && !fp8_;
   stream_weights_backward_ = weights_->any_offloaded() && !(fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0);

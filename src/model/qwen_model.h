@@ -44,6 +44,10 @@ struct QwenModelOptions {
   bool offload_gradients = false;
   bool offload_opt_m = false;
   bool offload_opt_v = false;
+  // The residual stream residual[0..L] in pinned host memory, two device slots (residual_streamer.h).
+  bool offload_residual = false;
+  // FP8 weight copies in pinned host memory, one layer at a time in two device slots (fp8_linear.h).
+  bool offload_quants = false;
   bool use_zero_copy = false;
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
@@ -74,6 +78,7 @@ struct AdamWConfig;
 class ParamStore;
 class LayerStreamer;
 class StateStreamer;
+class ResidualStreamer;
 class Fp8Linear;
 enum class Fp8Slot : int;
 
@@ -128,7 +133,6 @@ class QwenModel final : public Model {
   void swiglu_forward(int l);                             // mlp_up -> swiglu_out
   void mlp_down_forward(int l);                           // swiglu_out -> residual[l+1], next ln1_out / final_out
   void attention_block_forward(int l);
-  void mlp_block_forward(int l);
   // Refills the shared (recomputed) activations of layer l before its backward.
   void recompute_layer(int l);
   void upload_batch(const std::int32_t* inputs, const std::int32_t* targets);
@@ -179,6 +183,7 @@ class QwenModel final : public Model {
   std::unique_ptr<ParamStore> weights_, grads_, adam_m_, adam_v_;
   std::unique_ptr<LayerStreamer> weight_layers_, grad_layers_;  // only for offloaded stores
   std::unique_ptr<StateStreamer> state_;      // how the optimizer reaches all four stores
+  std::unique_ptr<ResidualStreamer> residuals_;  // only with offload_residual
   bool stream_weights_forward_ = false;      // the forward reads offloaded bf16/fp32 block matrices
   bool stream_weights_backward_ = false;     // so does the backward
   std::unique_ptr<Fp8Linear> fp8_;            // only with --matmul-dtype=e4m3

@@ -33,6 +33,7 @@
 #include "model/param_store.h"
 #include "model/qwen_model.h"
 #include "model/qwen_util.h"
+#include "model/residual_streamer.h"
 
 namespace llmq {
 
@@ -209,22 +210,23 @@ void QwenModel<T>::attention_block_forward(int l) {
 }
 
 template <typename T>
-void QwenModel<T>::mlp_block_forward(int l) {
-  mlp_up_forward(l);
-  swiglu_forward(l);
-  mlp_down_forward(l);
-}
-
-template <typename T>
 void QwenModel<T>::forward() {
   RunState& r = *run_;
+  if (residuals_) residuals_->begin_write(0, stream_);
   k::embedding_forward(r.residual[0].get<T>(), r.inputs.get<std::int32_t>(), weight(layout_.embedding()), r.N,
                        cfg_.vocab_size, cfg_.hidden_size, stream_);
+  if (residuals_) residuals_->end_write(0, stream_);
   ln1_forward(0, /*save_rstd=*/true);  // later layers' ln1 is fused into the previous layer's residual add
   for (int l = 0; l < cfg_.num_layers; ++l) {
     if (stream_weights_forward_) acquire_layer_weights(l, l + 1);
+    if (fp8_) fp8_->acquire_layer(l, l + 1, stream_);  // offloaded FP8 weights (no-op otherwise)
     attention_block_forward(l);
-    mlp_block_forward(l);
+    mlp_up_forward(l);
+    swiglu_forward(l);
+    if (residuals_) residuals_->begin_write(l + 1, stream_);
+    mlp_down_forward(l);  // writes residual[l+1]
+    if (residuals_) residuals_->end_write(l + 1, stream_);
+    if (fp8_) fp8_->release_layer(l, stream_);
     if (stream_weights_forward_) release_layer_weights(l);
   }
 }
@@ -314,11 +316,18 @@ void QwenModel<T>::backward(int micro_step) {
   T* d_res = r.d_residual.get<T>();
 
   // Final norm: d_ln holds d(final_out) from the LM head.
+  if (residuals_) residuals_->fetch(cfg_.num_layers, stream_);
   k::rmsnorm_backward(d_res, grad(layout_.final_norm()), scratch, static_cast<const T*>(nullptr), r.d_ln.get<T>(),
                       r.residual[cfg_.num_layers].get<T>(), weight(layout_.final_norm()), r.final_rstd.get<float>(),
                       N, C, stream_, fp8_absmax(cfg_.num_layers - 1, Fp8Slot::DResMlp));
+  if (residuals_) residuals_->release(cfg_.num_layers, stream_);
   for (int l = cfg_.num_layers - 1; l >= 0; --l) {
     if (stream_weights_backward_) acquire_layer_weights(l, l - 1);
+    if (fp8_) fp8_->acquire_layer(l, l - 1, stream_);  // recomputed GEMMs and FP8 data gradients read them
+    if (residuals_) {  // residual[l]: the recomputation and the ln1 backward read it
+      residuals_->fetch(l, stream_);
+      residuals_->prefetch(l - 1);
+    }
     acquire_layer_grads(l, micro_step);
     recompute_layer(l);
     const LayerParamIds& p = layout_.layer(l);
@@ -348,7 +357,9 @@ void QwenModel<T>::backward(int micro_step) {
                           cfg_.qkv_channels());
     k::rmsnorm_backward(d_res, grad(p.ln1_w), scratch, d_res, r.d_ln.get<T>(), r.residual[l].get<T>(),
                         weight(p.ln1_w), a.ln1_rstd.get<float>(), N, C, stream_, fp8_absmax(l - 1, Fp8Slot::DResMlp));
+    if (residuals_) residuals_->release(l, stream_);
     finish_layer_grads(l, micro_step);
+    if (fp8_) fp8_->release_layer(l, stream_);
     if (stream_weights_backward_) release_layer_weights(l);
   }
   // embedding_plan_ was uploaded before the forward (upload_embedding_plan); stream order makes it ready.
@@ -362,9 +373,12 @@ void QwenModel<T>::prepare_fp8() {
   if constexpr (std::is_same_v<T, nv_bfloat16>) {
     if (!fp8_) return;
     if (!fp8_->weights_current()) {
+      fp8_->discard_layer_slots(stream_);
       for (int l = 0; l < cfg_.num_layers; ++l) {
         if (weight_layers_) acquire_layer_weights(l, l + 1);
+        fp8_->begin_update(l, stream_);
         for (int param : layout_.layer(l).matrices()) fp8_->quantize_weight(param, weight(param), stream_);
+        fp8_->end_update(l, stream_);
         if (weight_layers_) release_layer_weights(l);
       }
       fp8_->mark_weights_current();

@@ -13,7 +13,7 @@ RecomputeOptions RecomputeOptions::resolved() const {
 }
 
 RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_, int T_, int lmhead_chunks,
-                   const RecomputeOptions& recompute_)
+                   const RecomputeOptions& recompute_, bool offload_residual)
     : B(B_), T(T_), N(B_ * T_), recompute(recompute_.resolved()) {
   LLMQ_REQUIRE(lmhead_chunks >= 1 && lmhead_chunks <= N, "--lmhead-chunks={} must be between 1 and B*T={}",
                lmhead_chunks, N);
@@ -34,7 +34,12 @@ RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_
       layers[l].*field = recomputed ? shared : act(fmt::format("layers.{}.{}", l, name), shape, t);
   };
 
-  for (int l = 0; l <= L; ++l) residual.push_back(act(fmt::format("residual.{}", l), {n, C}, dtype));
+  if (offload_residual) {
+    for (int s = 0; s < 2; ++s) residual_slots[s] = act(fmt::format("residual (offloaded, slot {})", s), {n, C}, dtype);
+    for (int l = 0; l <= L; ++l) residual.push_back(residual_slots[l % 2]);
+  } else {
+    for (int l = 0; l <= L; ++l) residual.push_back(act(fmt::format("residual.{}", l), {n, C}, dtype));
+  }
   const RecomputeOptions& rc = recompute;
   plan(&LayerActivations::ln1_out, rc.norm, "ln1_out", {n, C}, dtype);
   plan(&LayerActivations::ln1_rstd, false, "ln1_rstd", {n}, DType::FP32);

@@ -22,9 +22,12 @@
 //   qkv      qkv                                   ln1_out (QKV GEMM + bias, RoPE)
 //   att      att, att_lse (and qkv)                qkv (attention forward)
 //   block    all of the above and residual_mid     residual[l] (attention-out GEMM + fused add + norm)
-// The rstd vectors (fp32 [N], under 0.5% of a layer) and residual[0..L] are always kept per layer.
+// The rstd vectors (fp32 [N], under 0.5% of a layer) and residual[0..L] are always kept per layer;
+// with offload_residual (--offload-residual) residual[0..L] live in pinned host memory and
+// residual[i] points at device slot i % 2 (residual_streamer.h moves them).
 // Gradients flowing backward use one set of buffers shared by all layers.
 #pragma once
+#include <array>
 #include <vector>
 
 #include "core/allocator.h"
@@ -60,12 +63,13 @@ struct LayerActivations {
 struct RunState {
   // `recompute` is resolved (implications applied) before planning.
   RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks,
-           const RecomputeOptions& recompute = {});
+           const RecomputeOptions& recompute = {}, bool offload_residual = false);
 
   int B, T, N;
   int lmhead_rows;                 // rows of logits materialised at once
   RecomputeOptions recompute;      // resolved
   std::vector<Tensor> residual;    // L+1 tensors [N, C]: residual[l] is the input of layer l
+  std::array<Tensor, 2> residual_slots;  // with offload_residual: the device buffers residual[] share
   std::vector<LayerActivations> layers;  // recomputed entries alias one buffer across layers
   Tensor final_out, final_rstd;    // [N, C], fp32 [N]
 

@@ -42,9 +42,9 @@ constexpr FeatureGate kFeatureGates[] = {
     // offloading
     {"--offload-master", "", true, 5, [](const TrainOptions& o) { return o.offload_master; }},
     {"--offload-gradients", "", true, 5, [](const TrainOptions& o) { return o.offload_gradients; }},
-    {"--offload-residual", "", false, 5, [](const TrainOptions& o) { return o.offload_residual; }},
-    {"--offload-quants", "", false, 5, [](const TrainOptions& o) { return o.offload_quants; }},
-    {"--persistent-quants", "", false, 5, [](const TrainOptions& o) { return o.persistent_quants; }},
+    {"--offload-residual", "", true, 5, [](const TrainOptions& o) { return o.offload_residual; }},
+    {"--offload-quants", "", true, 5, [](const TrainOptions& o) { return o.offload_quants; }},
+    {"--persistent-quants", "", true, 5, [](const TrainOptions& o) { return o.persistent_quants; }},
     // numerics
     {"--matmul-dtype", "e4m3", true, 0, [](const TrainOptions& o) { return o.matmul_dtype == DType::E4M3; }},
     {"--gradient-dtype", "e5m2", true, 0, [](const TrainOptions& o) { return o.gradient_dtype == DType::E5M2; }},
@@ -216,13 +216,7 @@ void add_parallel_options(CLI::App& app, TrainOptions& o) {
   flag(app, "--memcpy-send-recv", o.memcpy_send_recv, "Send/receive with copy engines (one process, threads)")
       ->group(g);
   flag(app, "--all-to-all-reduce", o.all_to_all_reduce, "All-to-all based gradient reduction")->group(g);
-  auto* persist = flag(app, "--persistent-quants", o.persistent_quants,
-                       "Keep the quantized copies of sharded weights instead of re-quantizing")
-                      ->needs(shard_w)
-                      ->group(g);
-  flag(app, "--offload-quants", o.offload_quants, "Keep persistent quantized weights in pinned host memory")
-      ->needs(persist)
-      ->group(g);
+  (void)shard_w;
 }
 
 void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
@@ -235,6 +229,12 @@ void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
   flag(app, "--recompute-block", o.recompute_block, "Recompute the whole block (implies att, ffn and norm)")
       ->group(g);
   flag(app, "--offload-residual", o.offload_residual, "Keep the residual stream in pinned host memory")->group(g);
+  flag(app, "--persistent-quants", o.persistent_quants,
+       "Keep the FP8 weight copies for the whole optimizer step (always so on one GPU)")
+      ->group(g);
+  flag(app, "--offload-quants", o.offload_quants,
+       "Keep the FP8 weight copies in pinned host memory (implies --persistent-quants)")
+      ->group(g);
   flag(app, "--offload-master", o.offload_master,
        "Keep the block weight matrices in pinned host memory (streamed per layer)")->group(g);
   flag(app, "--offload-opt-m", o.offload_opt_m, "Keep Adam's first moment in pinned host memory")->group(g);
@@ -336,6 +336,7 @@ void resolve(TrainOptions& o, const RawOptions& r, bool out_file_given, bool con
 
   if (o.zero_level >= 2) o.shard_gradients = true;
   if (o.zero_level >= 3) o.shard_weights = true;
+  if (o.offload_quants) o.persistent_quants = true;
   if (o.recompute_block) o.recompute_att = o.recompute_ffn = o.recompute_norm = true;
   if (o.recompute_att) o.recompute_qkv = true;
   if (o.recompute_ffn) o.recompute_swiglu = true;
@@ -404,9 +405,14 @@ void validate(const TrainOptions& o) {
   LLMQ_REQUIRE(o.steps == -1 || static_cast<long>(o.warmup) + o.cooldown <= o.steps,
                "--warmup {} + --cooldown {} exceed --steps {}: shorten them or raise --steps", o.warmup, o.cooldown,
                o.steps);
-  LLMQ_REQUIRE(!(o.use_cuda_graphs && (o.offload_master || o.offload_gradients)),
-               "--use-cuda-graphs cannot be combined with --offload-master or --offload-gradients (their per-layer "
-               "copies run on streams outside the graph): leave out --use-cuda-graphs");
+  LLMQ_REQUIRE(!(o.use_cuda_graphs && (o.offload_master || o.offload_gradients || o.offload_residual ||
+                                       o.offload_quants)),
+               "--use-cuda-graphs cannot be combined with --offload-master, --offload-gradients, --offload-residual "
+               "or --offload-quants (their per-layer copies run on streams outside the graph): leave out "
+               "--use-cuda-graphs");
+  LLMQ_REQUIRE(!o.offload_quants || o.matmul_dtype == DType::E4M3,
+               "--offload-quants needs --matmul-dtype=e4m3: without FP8 matmuls there are no quantized weight "
+               "copies to offload (leave it out)");
   LLMQ_REQUIRE(!o.name.empty(), "--name must not be empty");
   LLMQ_REQUIRE(!o.train_file.empty(), "--train-file must not be empty: pass --train-file=PATH");
   // `--eval-file= --steps=20` makes CLI11 take "--steps=20" as the file name: refuse such values.

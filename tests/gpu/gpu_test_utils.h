@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -195,5 +196,26 @@ bool all_finite(const std::vector<A>& v) {
     if (!std::isfinite(static_cast<double>(x))) return false;
   return true;
 }
+
+// The element types of kernels that take fp32 or bf16 tensors: TYPED_TEST_SUITE(SomeTest, FloatAndBf16).
+using FloatAndBf16 = ::testing::Types<float, nv_bfloat16>;
+
+// ---- fused abs-max (FP8 scales) ----
+// A launcher run without and with its abs-max slot must write the same bits, and the slot must end up
+// holding max(its previous value, max |output|).
+
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+// max |x| over v (0 for an empty v); check all_finite(v) first: NaN entries are skipped.
+inline float max_abs(const std::vector<float>& v) {
+  float m = 0.f;
+  for (float x : v) m = std::max(m, std::fabs(x));
+  return m;
+}
+
+constexpr float kBigSlot = 1e30f;  // a slot already holding more than any output here: must be kept
 
 }  // namespace llmq::test

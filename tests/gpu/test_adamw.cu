@@ -100,20 +100,23 @@ constexpr double kFp32Tol = 1e-6;
 constexpr double kBf16Tol = 1e-2;
 constexpr std::size_t kOddSize = 10007;  // not a multiple of the 8-element groups
 
+// p, m and v after run_steps each within `tol` (relative L2) of the double reference.
+void expect_state_within(const StepOutputs& out, const AdamState& ref, double tol) {
+  EXPECT_LT(rel_l2(out.p, ref.p), tol);
+  EXPECT_LT(rel_l2(out.m, ref.m), tol);
+  EXPECT_LT(rel_l2(out.v, ref.v), tol);
+}
+
 TEST(AdamW, Fp32FiveStepsMatchDouble) {
   AdamState ref;
   const auto out = run_steps<float, float, float, float>(kOddSize, 5, 0.7f, ref);
-  EXPECT_LT(rel_l2(out.p, ref.p), kFp32Tol);
-  EXPECT_LT(rel_l2(out.m, ref.m), kFp32Tol);
-  EXPECT_LT(rel_l2(out.v, ref.v), kFp32Tol);
+  expect_state_within(out, ref, kFp32Tol);
 }
 
 TEST(AdamW, Fp32MisalignedPointersUseElementPath) {
   AdamState ref;
   const auto out = run_steps<float, float, float, float>(kOddSize, 5, 0.7f, ref, /*offset=*/1);
-  EXPECT_LT(rel_l2(out.p, ref.p), kFp32Tol);
-  EXPECT_LT(rel_l2(out.m, ref.m), kFp32Tol);
-  EXPECT_LT(rel_l2(out.v, ref.v), kFp32Tol);
+  expect_state_within(out, ref, kFp32Tol);
 }
 
 TEST(AdamW, Fp32NullGradScaleMeansOne) {
@@ -126,9 +129,7 @@ TEST(AdamW, Fp32NullGradScaleMeansOne) {
 TEST(AdamW, Bf16GradsFp32StateMatchDouble) {
   AdamState ref;  // the reference sees the same bf16-rounded gradients, so the fp32 tolerance holds
   const auto out = run_steps<float, nv_bfloat16, float, float>(kOddSize, 5, 0.7f, ref);
-  EXPECT_LT(rel_l2(out.p, ref.p), kFp32Tol);
-  EXPECT_LT(rel_l2(out.m, ref.m), kFp32Tol);
-  EXPECT_LT(rel_l2(out.v, ref.v), kFp32Tol);
+  expect_state_within(out, ref, kFp32Tol);
 }
 
 template <typename TM, typename TV>
@@ -152,9 +153,7 @@ TEST(AdamW, Bf16SecondMomentMatchDouble) { check_bf16_moments<float, nv_bfloat16
 TEST(AdamW, AllBf16MatchDouble) {
   AdamState ref;
   const auto out = run_steps<nv_bfloat16, nv_bfloat16, nv_bfloat16, nv_bfloat16>(kOddSize, 5, 0.7f, ref);
-  EXPECT_LT(rel_l2(out.p, ref.p), kBf16Tol);
-  EXPECT_LT(rel_l2(out.m, ref.m), kBf16Tol);
-  EXPECT_LT(rel_l2(out.v, ref.v), kBf16Tol);
+  expect_state_within(out, ref, kBf16Tol);
 }
 
 // Updates 1.5 (bf16 ulp 2^-7 = 0.0078) by about 1e-4 per step for 20 steps. Round-to-nearest would
@@ -188,27 +187,39 @@ TEST(AdamW, Bf16StochasticRoundingIsUnbiased) {
   EXPECT_LT(expected_shift, -0.9 * K * c.lr);  // sanity: the test really asks for a sub-ulp drift
 }
 
-// Same inputs and seed: bit-identical bf16 params and moments; another seed: different roundings.
-TEST(AdamW, Bf16StochasticRoundingIsDeterministic) {
-  const std::size_t n = 4099;
-  const auto p0 = to_bf16(random_floats(n, 5, -1.f, 1.f));
-  const auto g0 = to_bf16(random_normal(n, 6, 0.02f));
-  const auto m0 = to_bf16(random_normal(n, 7, 0.01f));
-  const auto v0 = to_bf16(random_floats(n, 8, 1e-6f, 1e-4f));
-  auto run = [&](std::uint32_t seed) {
-    DeviceBuffer<nv_bfloat16> p(p0), g(g0), m(m0), v(v0);
-    AdamWConfig c = test_config();
-    c.step = 3;
-    c.seed = seed;
-    kernels::adamw_update(p.get(), static_cast<const nv_bfloat16*>(g.get()), m.get(), v.get(), n, c, nullptr, nullptr,
-                          nullptr);
-    sync_and_check();
-    std::vector<nv_bfloat16> all = p.download();
-    for (auto* b : {&m, &v}) {
+// Random parameters, gradients and moments of type T (seeds seed .. seed + 3) on the device.
+template <typename T>
+struct RandomState {
+  RandomState(std::size_t n, std::uint64_t seed)
+      : p(as_device_type<T>(random_floats(n, seed, -1.f, 1.f))),
+        g(as_device_type<T>(random_normal(n, seed + 1, 0.02f))),
+        m(as_device_type<T>(random_normal(n, seed + 2, 0.01f))),
+        v(as_device_type<T>(random_floats(n, seed + 3, 1e-6f, 1e-4f))) {}
+  DeviceBuffer<T> p, g, m, v;
+
+  // p, then m, then v, as stored on the device.
+  std::vector<T> download_p_m_v() const {
+    std::vector<T> all = p.download();
+    for (const auto* b : {&m, &v}) {
       const auto part = b->download();
       all.insert(all.end(), part.begin(), part.end());
     }
     return all;
+  }
+};
+
+// Same inputs and seed: bit-identical bf16 params and moments; another seed: different roundings.
+TEST(AdamW, Bf16StochasticRoundingIsDeterministic) {
+  const std::size_t n = 4099;
+  auto run = [&](std::uint32_t seed) {
+    RandomState<nv_bfloat16> s(n, 5);
+    AdamWConfig c = test_config();
+    c.step = 3;
+    c.seed = seed;
+    kernels::adamw_update(s.p.get(), static_cast<const nv_bfloat16*>(s.g.get()), s.m.get(), s.v.get(), n, c, nullptr,
+                          nullptr, nullptr);
+    sync_and_check();
+    return s.download_p_m_v();
   };
   const auto a = run(42), b = run(42), c = run(43);
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(nv_bfloat16)), 0) << "same seed must give same bits";
@@ -222,38 +233,26 @@ TEST(AdamW, Bf16StochasticRoundingIsDeterministic) {
 // element path for misaligned pointers.
 TEST(AdamW, Bf16SlicedUpdateMatchesWholeBitExactly) {
   const std::size_t n = 10007;
-  const auto p0 = to_bf16(random_floats(n, 21, -1.f, 1.f));
-  const auto g0 = to_bf16(random_normal(n, 22, 0.02f));
-  const auto m0 = to_bf16(random_normal(n, 23, 0.01f));
-  const auto v0 = to_bf16(random_floats(n, 24, 1e-6f, 1e-4f));
-  auto run = [&](const std::vector<std::size_t>& cuts) {
-    DeviceBuffer<nv_bfloat16> p(p0), g(g0), m(m0), v(v0);
+  // Updates [cuts[i], cuts[i + 1]) one after the other with index_offset = cuts[i] (0 if without_offset).
+  auto run = [&](const std::vector<std::size_t>& cuts, bool without_offset = false) {
+    RandomState<nv_bfloat16> s(n, 21);
     AdamWConfig c = test_config();
     c.step = 2;
     for (std::size_t i = 0; i + 1 < cuts.size(); ++i) {
-      c.index_offset = cuts[i];
-      kernels::adamw_update(p.get() + cuts[i], static_cast<const nv_bfloat16*>(g.get() + cuts[i]), m.get() + cuts[i],
-                            v.get() + cuts[i], cuts[i + 1] - cuts[i], c, nullptr, nullptr, nullptr);
+      c.index_offset = without_offset ? 0 : cuts[i];
+      kernels::adamw_update(s.p.get() + cuts[i], static_cast<const nv_bfloat16*>(s.g.get() + cuts[i]),
+                            s.m.get() + cuts[i], s.v.get() + cuts[i], cuts[i + 1] - cuts[i], c, nullptr, nullptr,
+                            nullptr);
     }
     sync_and_check();
-    std::vector<nv_bfloat16> all = p.download();
-    for (auto* b : {&m, &v}) {
-      const auto part = b->download();
-      all.insert(all.end(), part.begin(), part.end());
-    }
-    return all;
+    return s.download_p_m_v();
   };
   const auto whole = run({0, n});
   const auto sliced = run({0, 1003, 1011, 4096, n});
   ASSERT_EQ(whole.size(), sliced.size());
   EXPECT_EQ(std::memcmp(whole.data(), sliced.data(), whole.size() * sizeof(nv_bfloat16)), 0);
   // Without the offset the slices would reuse the bits of elements 0.. and differ.
-  DeviceBuffer<nv_bfloat16> p(p0), g(g0), m(m0), v(v0);
-  AdamWConfig c = test_config();
-  c.step = 2;
-  kernels::adamw_update(p.get() + 1003, static_cast<const nv_bfloat16*>(g.get() + 1003), m.get() + 1003,
-                        v.get() + 1003, n - 1003, c, nullptr, nullptr, nullptr);
-  const auto unshifted = p.download();
+  const auto unshifted = run({1003, n}, /*without_offset=*/true);
   std::size_t differing = 0;
   for (std::size_t i = 1003; i < n; ++i) differing += std::memcmp(&unshifted[i], &whole[i], sizeof(nv_bfloat16)) != 0;
   EXPECT_GT(differing, (n - 1003) / 20);
@@ -261,14 +260,13 @@ TEST(AdamW, Bf16SlicedUpdateMatchesWholeBitExactly) {
 
 TEST(AdamW, Bf16CopyOfFp32MasterIsRoundToNearest) {
   const std::size_t n = kOddSize;
-  DeviceBuffer<float> p(random_floats(n, 9, -1.f, 1.f)), g(random_normal(n, 10, 0.02f));
-  DeviceBuffer<float> m(random_normal(n, 11, 0.01f)), v(random_floats(n, 12, 1e-6f, 1e-4f));
+  RandomState<float> s(n, 9);
   DeviceBuffer<nv_bfloat16> copy(n);
   copy.poison();
-  kernels::adamw_update(p.get(), static_cast<const float*>(g.get()), m.get(), v.get(), n, test_config(), nullptr,
-                        copy.get(), nullptr);
+  kernels::adamw_update(s.p.get(), static_cast<const float*>(s.g.get()), s.m.get(), s.v.get(), n, test_config(),
+                        nullptr, copy.get(), nullptr);
   sync_and_check();
-  const auto master = p.download();
+  const auto master = s.p.download();
   const auto out = copy.download();
   const auto expected = to_bf16(master);
   EXPECT_EQ(std::memcmp(out.data(), expected.data(), n * sizeof(nv_bfloat16)), 0);

@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/tensor.h"
@@ -154,31 +155,41 @@ void print(const char* what, const Shape& s, const Errors& e) {
               e.dk, e.dv);
 }
 
+// The inputs on the device as T (fp32, or bf16 for cuDNN) and poisoned outputs; lse is fp32 either way.
+template <typename T>
+struct DeviceTensors {
+  DeviceTensors(const Shape& s, const Inputs& in)
+      : qkv(as_device_type<T>(in.qkv)), d_att(as_device_type<T>(in.d_att)), att(s.att_size()), d_qkv(s.qkv_size()),
+        lse(s.lse_size()) {
+    att.poison();
+    lse.poison();
+    d_qkv.poison();
+  }
+  Errors compare_with(const Shape& s, const Results& ref) const {
+    return compare(s, ref, att.download(), lse.download(), d_qkv.download());
+  }
+  DeviceBuffer<T> qkv, d_att, att, d_qkv;
+  DeviceBuffer<float> lse;
+};
+
 Errors run_fp32(const Shape& s, const Inputs& in) {
-  DeviceBuffer<float> qkv(in.qkv), d_att(in.d_att), att(s.att_size()), lse(s.lse_size()), d_qkv(s.qkv_size());
-  att.poison();
-  lse.poison();
-  d_qkv.poison();
-  kernels::attention_forward_fp32(att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr);
-  kernels::attention_backward_fp32(d_qkv.get(), d_att.get(), att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv,
-                                   s.Hs, nullptr);
+  DeviceTensors<float> d(s, in);
+  kernels::attention_forward_fp32(d.att.get(), d.lse.get(), d.qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, nullptr);
+  kernels::attention_backward_fp32(d.d_qkv.get(), d.d_att.get(), d.att.get(), d.lse.get(), d.qkv.get(), s.B, s.T,
+                                   s.Hq, s.Hkv, s.Hs, nullptr);
   sync_and_check();
-  return compare(s, reference(s, in.qkv, in.d_att), att.download(), lse.download(), d_qkv.download());
+  return d.compare_with(s, reference(s, in.qkv, in.d_att));
 }
 
 Errors run_cudnn(AttentionContext& ctx, const Shape& s, const Inputs& in) {
   const std::size_t ws_bytes = ctx.workspace_bytes(s.B, s.T, s.Hq, s.Hkv, s.Hs);
   DeviceBuffer<std::byte> workspace(ws_bytes);
-  DeviceBuffer<__nv_bfloat16> qkv(to_bf16(in.qkv)), d_att(to_bf16(in.d_att)), att(s.att_size()), d_qkv(s.qkv_size());
-  DeviceBuffer<float> lse(s.lse_size());
-  att.poison();
-  lse.poison();
-  d_qkv.poison();
-  ctx.forward(att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, workspace.get(), ws_bytes, nullptr);
-  ctx.backward(d_qkv.get(), d_att.get(), att.get(), lse.get(), qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs,
+  DeviceTensors<__nv_bfloat16> d(s, in);
+  ctx.forward(d.att.get(), d.lse.get(), d.qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs, workspace.get(), ws_bytes, nullptr);
+  ctx.backward(d.d_qkv.get(), d.d_att.get(), d.att.get(), d.lse.get(), d.qkv.get(), s.B, s.T, s.Hq, s.Hkv, s.Hs,
                workspace.get(), ws_bytes, nullptr);
   sync_and_check();
-  return compare(s, reference(s, in.qkv, in.d_att), att.download(), lse.download(), d_qkv.download());
+  return d.compare_with(s, reference(s, in.qkv, in.d_att));
 }
 
 const std::vector<Shape> kShapes = {
@@ -196,30 +207,23 @@ void expect_within(const Errors& e, double tol_main, double tol_lse, const Shape
   EXPECT_LT(e.dv, tol_main) << part_name(Part::V) << " " << s.name();
 }
 
+// The fp32 fallback on random inputs (seed) against the reference, within the fp32 tolerance.
+void check_fp32(const Shape& s, std::uint64_t seed) {
+  const Errors e = run_fp32(s, make_inputs(s, seed));
+  print("fp32", s, e);
+  expect_within(e, kTolFp32, kTolFp32, s);
+}
+
 TEST(AttentionFp32, MatchesReference) {
   std::uint64_t seed = 10;
-  for (const Shape& s : kShapes) {
-    const Errors e = run_fp32(s, make_inputs(s, seed += 10));
-    print("fp32", s, e);
-    expect_within(e, kTolFp32, kTolFp32, s);
-  }
+  for (const Shape& s : kShapes) check_fp32(s, seed += 10);
 }
 
 // A head size that is not a multiple of 32 and an odd sequence length with groups of 2.
-TEST(AttentionFp32, OddShapes) {
-  const Shape s{1, 37, 6, 3, 40};
-  const Errors e = run_fp32(s, make_inputs(s, 77));
-  print("fp32", s, e);
-  expect_within(e, kTolFp32, kTolFp32, s);
-}
+TEST(AttentionFp32, OddShapes) { check_fp32({1, 37, 6, 3, 40}, 77); }
 
 // Longer than one tile of the fallback's 256 keys.
-TEST(AttentionFp32, LongerThanOneTile) {
-  const Shape s{1, 300, 2, 1, 64};
-  const Errors e = run_fp32(s, make_inputs(s, 78));
-  print("fp32", s, e);
-  expect_within(e, kTolFp32, kTolFp32, s);
-}
+TEST(AttentionFp32, LongerThanOneTile) { check_fp32({1, 300, 2, 1, 64}, 78); }
 
 TEST(AttentionCudnn, MatchesReference) {
   AttentionContext ctx;
@@ -268,53 +272,43 @@ TEST(AttentionCudnn, GraphsAreBuiltOncePerShape) {
   EXPECT_EQ(ctx.cached_graphs(), 4u);
 }
 
+// kernels::attention_forward and attention_backward on Tensors of element type T (fp32 or bf16).
+template <typename T>
+Errors run_tensor_api(AttentionContext& ctx, const Shape& s, const Inputs& in, const Results& ref,
+                      const Tensor& workspace) {
+  constexpr DType dtype = std::is_same_v<T, float> ? DType::FP32 : DType::BF16;
+  const std::initializer_list<std::int64_t> qkv_shape = {s.B, s.T, s.heads(), s.Hs};
+  const std::initializer_list<std::int64_t> att_shape = {s.B, s.T, s.Hq * s.Hs};  // flattened heads are accepted
+  const std::initializer_list<std::int64_t> lse_shape = {s.B, s.Hq, s.T};
+  DeviceTensors<T> d(s, in);
+  const Tensor tqkv(d.qkv.get(), dtype, qkv_shape), tatt(d.att.get(), dtype, att_shape),
+      tlse(d.lse.get(), DType::FP32, lse_shape), td_att(d.d_att.get(), dtype, att_shape),
+      td_qkv(d.d_qkv.get(), dtype, qkv_shape);
+  kernels::attention_forward(ctx, tatt, tlse, tqkv, s.Hq, s.Hkv, workspace, nullptr);
+  kernels::attention_backward(ctx, td_qkv, td_att, tatt, tlse, tqkv, s.Hq, s.Hkv, workspace, nullptr);
+  sync_and_check();
+  return d.compare_with(s, ref);
+}
+
 // The Tensor-level wrappers dispatch on dtype: fp32 to the fallback, bf16 to cuDNN.
 TEST(AttentionTensorApi, DispatchesOnDtype) {
   AttentionContext ctx;
   const Shape s{2, 48, 4, 2, 64};
   const Inputs in = make_inputs(s, 400);
   const Results ref = reference(s, in.qkv, in.d_att);
-  const std::initializer_list<std::int64_t> qkv_shape = {s.B, s.T, s.heads(), s.Hs};
-  const std::initializer_list<std::int64_t> att_shape = {s.B, s.T, s.Hq * s.Hs};  // flattened heads are accepted
-  const std::initializer_list<std::int64_t> lse_shape = {s.B, s.Hq, s.T};
-  {
-    DeviceBuffer<float> qkv(in.qkv), d_att(in.d_att), att(s.att_size()), lse(s.lse_size()), d_qkv(s.qkv_size());
-    att.poison();
-    lse.poison();
-    d_qkv.poison();
-    const Tensor tqkv(qkv.get(), DType::FP32, qkv_shape), tatt(att.get(), DType::FP32, att_shape),
-        tlse(lse.get(), DType::FP32, lse_shape), td_att(d_att.get(), DType::FP32, att_shape),
-        td_qkv(d_qkv.get(), DType::FP32, qkv_shape);
-    kernels::attention_forward(ctx, tatt, tlse, tqkv, s.Hq, s.Hkv, Tensor{}, nullptr);
-    kernels::attention_backward(ctx, td_qkv, td_att, tatt, tlse, tqkv, s.Hq, s.Hkv, Tensor{}, nullptr);
-    sync_and_check();
-    const Errors e = compare(s, ref, att.download(), lse.download(), d_qkv.download());
-    print("tensor fp32", s, e);
-    expect_within(e, kTolFp32, kTolFp32, s);
-  }
-  {
-    const std::size_t ws_bytes = ctx.workspace_bytes(s.B, s.T, s.Hq, s.Hkv, s.Hs);
-    DeviceBuffer<std::byte> workspace(ws_bytes);
-    DeviceBuffer<__nv_bfloat16> qkv(to_bf16(in.qkv)), d_att(to_bf16(in.d_att)), att(s.att_size()), d_qkv(s.qkv_size());
-    DeviceBuffer<float> lse(s.lse_size());
-    att.poison();
-    lse.poison();
-    d_qkv.poison();
-    const Tensor tqkv(qkv.get(), DType::BF16, qkv_shape), tatt(att.get(), DType::BF16, att_shape),
-        tlse(lse.get(), DType::FP32, lse_shape), td_att(d_att.get(), DType::BF16, att_shape),
-        td_qkv(d_qkv.get(), DType::BF16, qkv_shape);
-    const Tensor tws(workspace.get(), DType::UINT8, {static_cast<std::int64_t>(std::max<std::size_t>(ws_bytes, 1))});
-    kernels::attention_forward(ctx, tatt, tlse, tqkv, s.Hq, s.Hkv, tws, nullptr);
-    kernels::attention_backward(ctx, td_qkv, td_att, tatt, tlse, tqkv, s.Hq, s.Hkv, tws, nullptr);
-    sync_and_check();
-    const Errors e = compare(s, ref, att.download(), lse.download(), d_qkv.download());
-    print("tensor bf16", s, e);
-    expect_within(e, kTolBf16, kTolBf16Lse, s);
-  }
+  const Errors fp32 = run_tensor_api<float>(ctx, s, in, ref, Tensor{});
+  print("tensor fp32", s, fp32);
+  expect_within(fp32, kTolFp32, kTolFp32, s);
+
+  const std::size_t ws_bytes = ctx.workspace_bytes(s.B, s.T, s.Hq, s.Hkv, s.Hs);
+  DeviceBuffer<std::byte> workspace(ws_bytes);
+  const Tensor tws(workspace.get(), DType::UINT8, {static_cast<std::int64_t>(std::max<std::size_t>(ws_bytes, 1))});
+  const Errors bf16 = run_tensor_api<__nv_bfloat16>(ctx, s, in, ref, tws);
+  print("tensor bf16", s, bf16);
+  expect_within(bf16, kTolBf16, kTolBf16Lse, s);
 }
 
 // ---- bad inputs --------------------------------------------------------------------------------
-
 
 TEST(AttentionErrors, RejectsBadHeadCounts) {
   AttentionContext ctx;

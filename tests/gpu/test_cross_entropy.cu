@@ -1,9 +1,14 @@
 // Fused softmax cross-entropy (src/kernels/cross_entropy.cu) against a double-precision CPU loop
 // that mirrors the head comment: losses, in-place dlogits, ignored targets, z-loss, odd and
-// Qwen-sized vocabularies, misaligned rows; plus the deterministic loss sum.
+// Qwen-sized vocabularies, misaligned rows; both bf16 kernels (the single-read cluster kernel and the
+// two-pass fallback), bit reproducibility and bandwidth; plus the deterministic loss sum.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_utils.h"
@@ -119,6 +124,112 @@ TEST(CrossEntropy, Fp32MisalignedRows) { check_cross_entropy<float>(7, 1000, 0.f
 TEST(CrossEntropy, Bf16MisalignedRows) { check_cross_entropy<nv_bfloat16>(7, 1000, 0.f, 20, kBf16Tol, 3); }
 TEST(CrossEntropy, TinyVocabSmallerThanVector) { check_cross_entropy<nv_bfloat16>(5, 5, 0.f, 21, kBf16Tol, 1); }
 
+bool device_supports_clusters() {
+  int device = 0, supported = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  LLMQ_CUDA_CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrClusterLaunch, device));
+  return supported != 0;
+}
+
+template <typename T>
+bool identical_bytes(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// The real Qwen2.5 shape on the single-read cluster kernel: a 297 KB row is split over several CTAs.
+TEST(CrossEntropy, Bf16QwenVocabClusterPath) {
+  const int V = 151936;
+  if (device_supports_clusters()) EXPECT_GE(kernels::cross_entropy_bf16_ctas_per_row(V), 2);
+  check_cross_entropy<nv_bfloat16>(6, V, 0.f, 60, kBf16Tol);
+}
+TEST(CrossEntropy, Bf16QwenVocabZLoss) { check_cross_entropy<nv_bfloat16>(4, 151936, 1e-2f, 61, kBf16Tol); }
+
+// Odd V and a chunk that starts 3 elements (6 bytes) past a 16-byte boundary: every row starts at a
+// different offset inside a vector, so head/tail scalars, slice starts and TMA addresses differ per row.
+TEST(CrossEntropy, Bf16ClusterPathMisalignedRows) {
+  const int V = 100003;
+  if (device_supports_clusters()) EXPECT_GE(kernels::cross_entropy_bf16_ctas_per_row(V), 2);
+  check_cross_entropy<nv_bfloat16>(9, V, 0.f, 62, kBf16Tol, 3);
+}
+
+// A row wider than 8 CTAs of shared memory can hold (2 MB of bf16) takes the two-pass kernel.
+TEST(CrossEntropy, Bf16TwoPassFallbackForHugeVocab) {
+  const int V = 1000003;
+  EXPECT_EQ(kernels::cross_entropy_bf16_ctas_per_row(V), 0);
+  check_cross_entropy<nv_bfloat16>(4, V, 0.f, 63, kBf16Tol, 1);
+}
+
+// The same inputs give the same bits: fixed reduction orders within CTAs and across the cluster.
+TEST(CrossEntropy, Bf16QwenVocabBitReproducible) {
+  const int R = 5, V = 151936;
+  const std::vector<nv_bfloat16> input = to_bf16(random_normal(static_cast<std::size_t>(R) * V, 64, 3.f));
+  DeviceBuffer<nv_bfloat16> d_logits(input.size());
+  DeviceBuffer<std::int32_t> d_targets(random_targets(R, V, 65));
+  DeviceBuffer<float> d_losses(R);
+  auto run = [&] {
+    d_logits.upload(input);
+    d_losses.poison();
+    kernels::cross_entropy_forward_backward(d_logits.get(), d_targets.get(), d_losses.get(), R, V, 0.25f, 1e-3f,
+                                            nullptr);
+    sync_and_check();
+    return std::make_pair(d_logits.download(), d_losses.download());
+  };
+  const auto first = run();
+  const auto second = run();
+  EXPECT_TRUE(all_finite(first.second));
+  EXPECT_TRUE(identical_bytes(first.first, second.first)) << "dlogits differ between two identical runs";
+  EXPECT_TRUE(identical_bytes(first.second, second.second)) << "losses differ between two identical runs";
+}
+
+// Bad target ids on the bf16 paths (one CTA per row and several): a NaN loss in their own row only, and
+// dx = softmax * grad_scale there (no one-hot matches), so that row's dx sums to grad_scale instead of 0.
+TEST(CrossEntropy, Bf16OutOfRangeTargetsGiveNanLossOnlyInTheirRow) {
+  for (const int V : {100, 151936}) {
+    const int R = 4;
+    DeviceBuffer<nv_bfloat16> logits(to_bf16(random_normal(static_cast<std::size_t>(R) * V, 66, 3.f)));
+    DeviceBuffer<std::int32_t> targets(std::vector<std::int32_t>{5, V, -7, kIgnoreTarget});
+    DeviceBuffer<float> losses(R);
+    losses.poison();
+    kernels::cross_entropy_forward_backward(logits.get(), targets.get(), losses.get(), R, V, 1.f, 0.f, nullptr);
+    sync_and_check();
+    const std::vector<float> out = losses.download();
+    EXPECT_TRUE(std::isfinite(out[0])) << "V=" << V;
+    EXPECT_TRUE(std::isnan(out[1])) << "V=" << V << ": a target id >= V must surface as NaN loss";
+    EXPECT_TRUE(std::isnan(out[2])) << "V=" << V << ": a negative target id other than -1 must give NaN loss";
+    EXPECT_EQ(out[3], 0.f) << "V=" << V << ": ignored row";
+    const std::vector<float> dx = to_float(logits.download());
+    const double expected_row_sums[] = {0.0, 1.0, 1.0, 0.0};
+    for (int r = 0; r < R; ++r) {
+      double sum = 0;
+      for (int j = 0; j < V; ++j) sum += dx[static_cast<std::size_t>(r) * V + j];
+      EXPECT_NEAR(sum, expected_row_sums[r], 1e-2) << "V=" << V << " row " << r;  // bf16 rounding of p
+    }
+    EXPECT_TRUE(std::all_of(dx.begin() + 3 * V, dx.end(), [](float g) { return g == 0.f; })) << "ignored row";
+  }
+}
+
+// A Qwen2.5 LM-head chunk, 4096 x 151936 bf16 (1.2 GB). The ideal traffic is one read and one write of
+// every logit; the printed bandwidth is measured against that. Repeated runs see the previous dx as
+// logits, which changes the values, not the work.
+TEST(CrossEntropy, Bf16BandwidthAtQwenVocab) {
+  const int R = 4096, V = 151936, block_rows = 16;
+  const std::vector<nv_bfloat16> block = to_bf16(random_normal(static_cast<std::size_t>(block_rows) * V, 67, 3.f));
+  DeviceBuffer<nv_bfloat16> logits(static_cast<std::size_t>(R) * V);
+  for (int r = 0; r < R; r += block_rows)
+    LLMQ_CUDA_CHECK(cudaMemcpy(logits.get() + static_cast<std::size_t>(r) * V, block.data(),
+                               block.size() * sizeof(nv_bfloat16), cudaMemcpyHostToDevice));
+  DeviceBuffer<std::int32_t> targets(random_targets(R, V, 68));
+  DeviceBuffer<float> losses(R);
+  losses.poison();
+  const double ms = mean_ms([&] {
+    kernels::cross_entropy_forward_backward(logits.get(), targets.get(), losses.get(), R, V, 1.f / R, 0.f, nullptr);
+  });
+  const int ctas = kernels::cross_entropy_bf16_ctas_per_row(V);
+  report_bandwidth("cross_entropy bf16 R=4096 V=151936, " + std::to_string(ctas) + " CTAs per row",
+                   2.0 * R * V * sizeof(nv_bfloat16), ms);
+  EXPECT_TRUE(all_finite(losses.download()));
+}
+
 TEST(CrossEntropy, OutOfRangeTargetGivesNanLossOnlyInItsRow) {
   const int R = 3, V = 100;
   DeviceBuffer<float> logits(random_normal(R * V, 30, 3.f));
@@ -143,6 +254,14 @@ TEST(CrossEntropy, RejectsBadShapes) {
                Error);
   EXPECT_THROW(kernels::cross_entropy_forward_backward(logits.get(), nullptr, losses.get(), 2, 8, 1.f, 0.f, nullptr),
                Error);
+  DeviceBuffer<nv_bfloat16> bf16_logits(16);
+  EXPECT_THROW(
+      kernels::cross_entropy_forward_backward(bf16_logits.get(), nullptr, losses.get(), 2, 8, 1.f, 0.f, nullptr),
+      Error);
+  EXPECT_THROW(
+      kernels::cross_entropy_forward_backward(bf16_logits.get(), targets.get(), losses.get(), 2, 0, 1.f, 0.f, nullptr),
+      Error);
+  EXPECT_THROW(kernels::cross_entropy_bf16_ctas_per_row(0), Error);
 }
 
 TEST(LossSum, MatchesDoubleSumAndCountsValidTargets) {

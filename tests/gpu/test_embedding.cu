@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_utils.h"
@@ -66,8 +67,7 @@ std::set<int> valid_ids(const std::vector<std::int32_t>& tokens, int V) {
 
 template <typename T>
 class EmbeddingTest : public ::testing::Test {};
-using ElementTypes = ::testing::Types<float, nv_bfloat16>;
-TYPED_TEST_SUITE(EmbeddingTest, ElementTypes);
+TYPED_TEST_SUITE(EmbeddingTest, FloatAndBf16);
 
 constexpr int kV = 1000;
 constexpr int kC = 296;         // 74 fp32 / 37 bf16 vectors: partial 32-vector chunks in the backward
@@ -87,41 +87,40 @@ std::vector<TG> run_backward(const std::vector<std::int32_t>& tokens, const std:
   return d_dwte.download();
 }
 
+// The lookup of `tokens` in a random [kV, kC] table (seed wte_seed, values of type T) on the device; returns
+// the downloaded output and expects it equal to forward_reference: a lookup is a copy, it must be exact.
+template <typename T>
+std::vector<float> check_forward(const std::vector<std::int32_t>& tokens, std::uint64_t wte_seed) {
+  const int N = static_cast<int>(tokens.size());
+  const auto wte = representable<T>(random_floats(static_cast<std::size_t>(kV) * kC, wte_seed));
+  DeviceBuffer<std::int32_t> d_tokens(tokens);
+  DeviceBuffer<T> d_wte(as_device_type<T>(wte)), d_out(static_cast<std::size_t>(N) * kC);
+  d_out.poison();
+  kernels::embedding_forward(d_out.get(), d_tokens.get(), d_wte.get(), N, kV, kC, nullptr);
+  sync_and_check();
+  const auto out = as_float(d_out.download());
+  EXPECT_EQ(rel_l2(out, forward_reference(tokens, wte, kV, kC)), 0.0) << "a lookup is a copy: it must be exact";
+  return out;
+}
+
 TYPED_TEST(EmbeddingTest, ForwardCopiesRows) {
-  using T = TypeParam;
   auto tokens = random_tokens(kN, kV, 1);
   tokens[0] = 0;
   tokens[1] = kV - 1;
   tokens[2] = tokens[3] = tokens[4] = 17;  // repeats
-  const auto wte = representable<T>(random_floats(static_cast<std::size_t>(kV) * kC, 2));
-  DeviceBuffer<std::int32_t> d_tokens(tokens);
-  DeviceBuffer<T> d_wte(as_device_type<T>(wte)), d_out(static_cast<std::size_t>(kN) * kC);
-  d_out.poison();
-  kernels::embedding_forward(d_out.get(), d_tokens.get(), d_wte.get(), kN, kV, kC, nullptr);
-  sync_and_check();
-  const auto out = as_float(d_out.download());
-  const auto ref = forward_reference(tokens, wte, kV, kC);
-  EXPECT_EQ(rel_l2(out, ref), 0.0) << "a lookup is a copy: it must be exact";
+  check_forward<TypeParam>(tokens, 2);
 }
 
 TYPED_TEST(EmbeddingTest, ForwardGivesZeroRowsForOutOfRangeTokens) {
-  using T = TypeParam;
   auto tokens = random_tokens(kN, kV, 3);
   tokens[5] = -1;
   tokens[6] = kV;
   tokens[kN - 1] = 1 << 30;
-  const auto wte = representable<T>(random_floats(static_cast<std::size_t>(kV) * kC, 4));
-  DeviceBuffer<std::int32_t> d_tokens(tokens);
-  DeviceBuffer<T> d_wte(as_device_type<T>(wte)), d_out(static_cast<std::size_t>(kN) * kC);
-  d_out.poison();
-  kernels::embedding_forward(d_out.get(), d_tokens.get(), d_wte.get(), kN, kV, kC, nullptr);
-  sync_and_check();
-  const auto out = as_float(d_out.download());
+  const auto out = check_forward<TypeParam>(tokens, 4);
   for (int n : {5, 6, kN - 1}) {
     for (int c = 0; c < kC; ++c)
       ASSERT_EQ(out[static_cast<std::size_t>(n) * kC + c], 0.f) << "row " << n << " col " << c;
   }
-  EXPECT_EQ(rel_l2(out, forward_reference(tokens, wte, kV, kC)), 0.0);
 }
 
 TEST(EmbeddingPlan, GroupsPositionsByToken) {
@@ -146,24 +145,38 @@ TEST(EmbeddingPlan, RejectsEmptyInput) {
   EXPECT_THROW(kernels::make_embedding_backward_plan(nullptr, 4), Error);
 }
 
+// One backward run, downloaded as float, next to its reference.
+struct BackwardCase {
+  std::vector<float> dwte, dwte_before;
+  std::vector<double> ref;
+  std::set<int> touched;  // the rows with gradient
+  int C;
+  // Relative L2 of dwte against the reference over the rows with gradient.
+  double touched_error() const { return rel_l2(select_rows(dwte, touched, C), select_rows(ref, touched, C)); }
+};
+
+// The backward for `tokens` from random dout [N, C] of type T and dwte_before [V, C] of type TG (seeds
+// dout_seed and before_seed).
+template <typename T, typename TG = T>
+BackwardCase backward_case(const std::vector<std::int32_t>& tokens, int V, int C, std::uint64_t dout_seed,
+                           std::uint64_t before_seed) {
+  const auto dout = representable<T>(random_floats(tokens.size() * static_cast<std::size_t>(C), dout_seed));
+  const auto dwte_before = representable<TG>(random_floats(static_cast<std::size_t>(V) * C, before_seed));
+  auto dwte = as_float(run_backward<T, TG>(tokens, as_device_type<T>(dout), as_device_type<TG>(dwte_before), V, C));
+  return {std::move(dwte), dwte_before, backward_reference(tokens, dout, dwte_before, V, C), valid_ids(tokens, V), C};
+}
+
 TYPED_TEST(EmbeddingTest, BackwardAccumulatesRepeatedTokens) {
-  using T = TypeParam;
   auto tokens = random_tokens(kN, kV, 5);
   for (int n = 0; n < kN; n += 3) tokens[n] = 7;  // 38 copies of one token
   tokens[1] = tokens[2] = kV - 1;
-  const auto dout = representable<T>(random_floats(static_cast<std::size_t>(kN) * kC, 6));
-  const auto dwte_before = representable<T>(random_floats(static_cast<std::size_t>(kV) * kC, 7));
-  const auto dwte = as_float(run_backward<T>(tokens, as_device_type<T>(dout), as_device_type<T>(dwte_before), kV, kC));
-  const auto ref = backward_reference(tokens, dout, dwte_before, kV, kC);
-
-  const auto touched = valid_ids(tokens, kV);
-  const double err = rel_l2(select_rows(dwte, touched, kC), select_rows(ref, touched, kC));
-  EXPECT_LT(err, tolerance<T>()) << "rows with gradient";
+  const BackwardCase b = backward_case<TypeParam>(tokens, kV, kC, 6, 7);
+  EXPECT_LT(b.touched_error(), tolerance<TypeParam>()) << "rows with gradient";
   // Every other row must keep its previous value bit for bit.
   for (int v = 0; v < kV; ++v) {
-    if (touched.count(v)) continue;
+    if (b.touched.count(v)) continue;
     for (int c = 0; c < kC; ++c) {
-      ASSERT_EQ(dwte[static_cast<std::size_t>(v) * kC + c], dwte_before[static_cast<std::size_t>(v) * kC + c])
+      ASSERT_EQ(b.dwte[static_cast<std::size_t>(v) * kC + c], b.dwte_before[static_cast<std::size_t>(v) * kC + c])
           << "untouched row " << v;
     }
   }
@@ -171,28 +184,18 @@ TYPED_TEST(EmbeddingTest, BackwardAccumulatesRepeatedTokens) {
 
 // Thousands of copies of one token: the case a per-position scatter gets wrong without atomics.
 TYPED_TEST(EmbeddingTest, BackwardManyCopiesOfOneToken) {
-  using T = TypeParam;
   const int N = 2048, V = 50, C = 904;
   std::vector<std::int32_t> tokens(N, 3);
   tokens[100] = 4;
   tokens[N - 1] = 0;
-  const auto dout = representable<T>(random_floats(static_cast<std::size_t>(N) * C, 8));
-  const auto dwte_before = representable<T>(random_floats(static_cast<std::size_t>(V) * C, 9));
-  const auto dwte = as_float(run_backward<T>(tokens, as_device_type<T>(dout), as_device_type<T>(dwte_before), V, C));
-  const auto ref = backward_reference(tokens, dout, dwte_before, V, C);
-  const auto touched = valid_ids(tokens, V);
-  EXPECT_LT(rel_l2(select_rows(dwte, touched, C), select_rows(ref, touched, C)), tolerance<T>());
-  EXPECT_LT(rel_l2(dwte, ref), tolerance<T>());
+  const BackwardCase b = backward_case<TypeParam>(tokens, V, C, 8, 9);
+  EXPECT_LT(b.touched_error(), tolerance<TypeParam>());
+  EXPECT_LT(rel_l2(b.dwte, b.ref), tolerance<TypeParam>());
 }
 
 TEST(Embedding, BackwardBf16GradientIntoFp32Table) {
-  auto tokens = random_tokens(kN, 30, 16);
-  const auto dout = round_bf16(random_floats(static_cast<std::size_t>(kN) * kC, 17));
-  const auto dwte_before = random_floats(static_cast<std::size_t>(kV) * kC, 18);
-  const auto dwte = run_backward<nv_bfloat16, float>(tokens, to_bf16(dout), dwte_before, kV, kC);
-  const auto ref = backward_reference(tokens, dout, dwte_before, kV, kC);
-  const auto touched = valid_ids(tokens, kV);
-  EXPECT_LT(rel_l2(select_rows(dwte, touched, kC), select_rows(ref, touched, kC)), 1e-5) << "fp32 accumulation";
+  const BackwardCase b = backward_case<nv_bfloat16, float>(random_tokens(kN, 30, 16), kV, kC, 17, 18);
+  EXPECT_LT(b.touched_error(), 1e-5) << "fp32 accumulation";
 }
 
 TYPED_TEST(EmbeddingTest, BackwardIsBitReproducible) {
@@ -207,18 +210,13 @@ TYPED_TEST(EmbeddingTest, BackwardIsBitReproducible) {
 }
 
 TYPED_TEST(EmbeddingTest, BackwardSkipsOutOfRangeTokens) {
-  using T = TypeParam;
   auto tokens = random_tokens(kN, kV, 13);
   tokens[0] = -3;
   tokens[10] = kV;
   tokens[11] = kV + 100;
-  const auto dout = representable<T>(random_floats(static_cast<std::size_t>(kN) * kC, 14));
-  const auto dwte_before = representable<T>(random_floats(static_cast<std::size_t>(kV) * kC, 15));
-  const auto dwte = as_float(run_backward<T>(tokens, as_device_type<T>(dout), as_device_type<T>(dwte_before), kV, kC));
-  const auto ref = backward_reference(tokens, dout, dwte_before, kV, kC);
-  const auto touched = valid_ids(tokens, kV);
-  EXPECT_LT(rel_l2(select_rows(dwte, touched, kC), select_rows(ref, touched, kC)), tolerance<T>());
-  EXPECT_LT(rel_l2(dwte, ref), tolerance<T>());
+  const BackwardCase b = backward_case<TypeParam>(tokens, kV, kC, 14, 15);
+  EXPECT_LT(b.touched_error(), tolerance<TypeParam>());
+  EXPECT_LT(rel_l2(b.dwte, b.ref), tolerance<TypeParam>());
 }
 
 TEST(Embedding, RejectsBadShapes) {

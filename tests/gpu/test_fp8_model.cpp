@@ -6,17 +6,39 @@
 //   of bf16's (the tiny model's single-batch losses are noisy; the 300-step Shakespeare comparison in
 //   scripts/gpu_check.sh fp8quality is the real quality check);
 // and that FP8 stays deterministic under activation recomputation (bit-identical losses).
+//
+// Kept input transposes (Fp8Linear keep_input_transposes, on in the speed configuration): the
+// weight gradient reads the e4m3 x^T the forward kept instead of quantizing x again; the bytes are
+// the same, so
+//   - Fp8Linear alone, on and off: bit-identical y, dx and accumulated dW over two micro-steps, with
+//     another GEMM's forward between a forward and its backward and, when on, the bf16 x poisoned
+//     before the backward (so it must read the kept copy); a backward without this micro-step's
+//     forward is refused; the option is ignored where the backward is not FP8;
+//   - the tiny model with e4m3 + e5m2, 3 steps x 2 micro-steps (eager and with CUDA graphs) against
+//     configurations that re-quantize (--offload-opt-m, --recompute-swiglu: neither changes the
+//     numbers): bit-identical losses, gradient norms, evaluation losses (between and after the steps)
+//     and checkpoint tensors; the Quants category holds exactly the kept buffers more.
+#include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
 #include "core/errors.h"
+#include "gpu_test_utils.h"
+#include "kernels/matmul.h"
+#include "kernels/quantize.h"
 #include "model/config.h"
+#include "model/fp8_linear.h"
+#include "model/param_layout.h"
 #include "model/qwen_model.h"
 #include "model_test_utils.h"
 
@@ -113,5 +135,272 @@ TEST(Fp8Model, ShapesThatAreNotMultiplesOf16AreRefused) {
     ADD_FAILURE() << "an MLP width of 520 was accepted for FP8";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("multiple of 16"), std::string::npos) << e.what();
+  }
+}
+
+// ---- kept input transposes ----------------------------------------------------------------------
+
+namespace {
+
+namespace k = kernels;
+
+// Device bytes the allocator charges for a block (it rounds device blocks up to 512 bytes).
+std::size_t device_block_bytes(std::size_t bytes) { return (bytes + 511) / 512 * 512; }
+
+// What keep_input_transposes adds to the Quants category: x^T e4m3 [in_f, rows] per block matrix
+// and one 16-byte scale slot per block matrix.
+std::size_t kept_transpose_bytes(const ModelConfig& cfg, std::size_t rows) {
+  const ParamLayout layout(cfg);
+  std::size_t bytes = 0, matrices = 0;
+  for (int l = 0; l < layout.num_layers(); ++l)
+    for (int param : layout.layer(l).matrices()) {
+      bytes += device_block_bytes(rows * static_cast<std::size_t>(layout[param].cols()));
+      ++matrices;
+    }
+  return bytes + device_block_bytes(matrices * 4 * sizeof(float));
+}
+
+std::size_t differing_elements(const std::vector<nv_bfloat16>& a, const std::vector<nv_bfloat16>& b) {
+  if (a.size() != b.size()) return std::max(a.size(), b.size());
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(nv_bfloat16)) != 0;
+  return n;
+}
+
+bool all_finite(const std::vector<nv_bfloat16>& v) {
+  for (nv_bfloat16 x : v)
+    if (!std::isfinite(__bfloat162float(x))) return false;
+  return true;
+}
+
+// One Fp8Linear (e4m3 + e5m2) of the tiny model and the GEMM buffers of layer 0's MLP (up: C -> 2D,
+// down: D -> C) and layer 1's QKV (C -> qkv), filled with seeded random values.
+class LinearHarness {
+ public:
+  static constexpr int kRows = 272;  // a multiple of 16, not of the 64-row quantize+transpose tile
+
+  LinearHarness(bool keep, bool fp8_dgrad = true, int rows = kRows)
+      : cfg_(test::tiny_qwen2_config(tiny_shape())),
+        layout_(cfg_),
+        workspace_(alloc_.allocate_bytes("cuBLASLt workspace", k::MatmulContext::kRecommendedWorkspaceBytes,
+                                         MemCategory::Workspace)),
+        mm_(workspace_, k::MatmulContext::kRecommendedWorkspaceBytes),
+        fp8_(alloc_, cfg_, layout_, rows, fp8_dgrad, /*transpose_per_use=*/false, keep) {}
+
+  Fp8Linear& fp8() { return fp8_; }
+  const Allocator& allocator() const { return alloc_; }
+  const ModelConfig& config() const { return cfg_; }
+  const LayerParamIds& layer(int l) const { return layout_.layer(l); }
+  k::MatmulContext& mm() { return mm_; }
+
+ private:
+  ModelConfig cfg_;
+  ParamLayout layout_;
+  Allocator alloc_;
+  void* workspace_;
+  k::MatmulContext mm_;
+  Fp8Linear fp8_;
+};
+
+using Bf16Buffer = test::DeviceBuffer<nv_bfloat16>;
+
+// Elements of a [rows, cols] matrix.
+std::size_t elems(int rows, int cols) { return static_cast<std::size_t>(rows) * static_cast<std::size_t>(cols); }
+
+std::unique_ptr<Bf16Buffer> random_bf16(std::size_t n, std::uint64_t seed, float stddev) {
+  return std::make_unique<Bf16Buffer>(test::to_bf16(test::random_normal(n, seed, stddev)));
+}
+
+// Outputs of two micro-steps through layer 0's MLP GEMMs and layer 1's QKV forward (the last
+// micro-step's y and dx, dW accumulated over both), and the Quants bytes of the Fp8Linear.
+struct LinearRun {
+  std::map<std::string, std::vector<nv_bfloat16>> outputs;
+  std::size_t quant_bytes = 0;
+  bool kept = false;
+};
+
+LinearRun run_linear(bool keep) {
+  LinearHarness h(keep);
+  Fp8Linear& fp8 = h.fp8();
+  const int N = LinearHarness::kRows, C = h.config().hidden_size, D = h.config().intermediate_size;
+  const int QKV = h.config().qkv_channels();
+  const LayerParamIds& l0 = h.layer(0);
+  const int qkv1 = h.layer(1).qkv_w;
+  const cudaStream_t s = nullptr;
+
+  const auto w_up = random_bf16(elems(2 * D, C), 11, 0.05f), w_down = random_bf16(elems(C, D), 12, 0.05f);
+  const auto w_qkv = random_bf16(elems(QKV, C), 13, 0.05f);
+  fp8.quantize_weight(l0.mlp_up_w, w_up->get(), s);
+  fp8.quantize_weight(l0.mlp_down_w, w_down->get(), s);
+  fp8.quantize_weight(qkv1, w_qkv->get(), s);
+  fp8.mark_weights_current();
+
+  Bf16Buffer y_up(elems(N, 2 * D)), y_down(elems(N, C)), y_qkv(elems(N, QKV));
+  Bf16Buffer dx_up(elems(N, C)), dx_down(elems(N, D));
+  // Weight gradients start from random values: the backward accumulates onto them.
+  const auto dw_up = random_bf16(elems(2 * D, C), 14, 0.01f);
+  const auto dw_down = random_bf16(elems(C, D), 15, 0.01f);
+  for (Bf16Buffer* out : {&y_up, &y_down, &y_qkv, &dx_up, &dx_down}) out->poison();
+
+  for (int micro = 0; micro < 2; ++micro) {
+    const std::uint64_t seed = 100 * (micro + 1);
+    fp8.begin_micro_step(s);
+    // Forward: the abs-max slots are filled the way the producing kernels fill them.
+    const auto x_up = random_bf16(elems(N, C), seed + 1, 1.f);
+    const auto x_down = random_bf16(elems(N, D), seed + 2, 0.5f);
+    const auto x_qkv = random_bf16(elems(N, C), seed + 3, 1.f);
+    k::abs_max(fp8.absmax(0, Fp8Slot::Ln2Out), x_up->get(), elems(N, C), s);
+    fp8.forward(h.mm(), y_up.get(), x_up->get(), fp8.absmax(0, Fp8Slot::Ln2Out), l0.mlp_up_w, nullptr, N, C, 2 * D, s);
+    k::abs_max(fp8.absmax(0, Fp8Slot::SwigluOut), x_down->get(), elems(N, D), s);
+    fp8.forward(h.mm(), y_down.get(), x_down->get(), fp8.absmax(0, Fp8Slot::SwigluOut), l0.mlp_down_w, nullptr, N, D, C,
+                s);
+    // Another layer's GEMM between the forwards and the backwards overwrites the shared x scratch.
+    k::abs_max(fp8.absmax(1, Fp8Slot::Ln1Out), x_qkv->get(), elems(N, C), s);
+    fp8.forward(h.mm(), y_qkv.get(), x_qkv->get(), fp8.absmax(1, Fp8Slot::Ln1Out), qkv1, nullptr, N, C, QKV, s);
+    // With kept transposes the backward must not read the bf16 x any more: poison it (NaN bytes).
+    if (keep) {
+      x_up->poison();
+      x_down->poison();
+    }
+    const auto dy_down = random_bf16(elems(N, C), seed + 4, 1e-3f);
+    const auto dy_up = random_bf16(elems(N, 2 * D), seed + 5, 1e-3f);
+    k::abs_max(fp8.absmax(0, Fp8Slot::DResMlp), dy_down->get(), elems(N, C), s);
+    fp8.backward(h.mm(), dx_down.get(), dw_down->get(), dy_down->get(), fp8.absmax(0, Fp8Slot::DResMlp), x_down->get(),
+                 fp8.absmax(0, Fp8Slot::SwigluOut), l0.mlp_down_w, N, D, C, s);
+    k::abs_max(fp8.absmax(0, Fp8Slot::DMlpUp), dy_up->get(), elems(N, 2 * D), s);
+    fp8.backward(h.mm(), dx_up.get(), dw_up->get(), dy_up->get(), fp8.absmax(0, Fp8Slot::DMlpUp), x_up->get(),
+                 fp8.absmax(0, Fp8Slot::Ln2Out), l0.mlp_up_w, N, C, 2 * D, s);
+    test::sync_and_check();  // the x / dy buffers of this micro-step are freed at the end of the scope
+  }
+  LinearRun r;
+  r.outputs = {{"y_up", y_up.download()},   {"y_down", y_down.download()},   {"y_qkv", y_qkv.download()},
+               {"dx_up", dx_up.download()}, {"dx_down", dx_down.download()}, {"dw_up", dw_up->download()},
+               {"dw_down", dw_down->download()}};
+  r.quant_bytes = h.allocator().in_use(MemCategory::Quants, MemKind::Device);
+  r.kept = fp8.keeps_input_transposes();
+  return r;
+}
+
+}  // namespace
+
+TEST(Fp8KeptTransposes, LinearLayerIsBitIdenticalWithAndWithout) {
+  const LinearRun requantized = run_linear(/*keep=*/false);
+  const LinearRun kept = run_linear(/*keep=*/true);
+  EXPECT_FALSE(requantized.kept);
+  EXPECT_TRUE(kept.kept);
+  for (const auto& [name, ref] : requantized.outputs) {
+    EXPECT_TRUE(all_finite(ref)) << name << " has non-finite values";
+    EXPECT_EQ(differing_elements(kept.outputs.at(name), ref), 0u) << name << " differs with kept x^T";
+  }
+  EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes,
+            kept_transpose_bytes(test::tiny_qwen2_config(tiny_shape()), LinearHarness::kRows));
+}
+
+TEST(Fp8KeptTransposes, BackwardWithoutThisMicroStepsForwardIsRefused) {
+  LinearHarness h(/*keep=*/true);
+  Fp8Linear& fp8 = h.fp8();
+  const int N = LinearHarness::kRows, C = h.config().hidden_size, D = h.config().intermediate_size;
+  const int down = h.layer(0).mlp_down_w;
+  const auto w = random_bf16(elems(C, D), 1, 0.05f), x = random_bf16(elems(N, D), 2, 1.f);
+  const auto dy = random_bf16(elems(N, C), 3, 1e-3f), dw = random_bf16(elems(C, D), 4, 0.01f);
+  Bf16Buffer y(elems(N, C)), dx(elems(N, D));
+  fp8.quantize_weight(down, w->get(), nullptr);
+  fp8.mark_weights_current();
+  auto backward = [&] {
+    fp8.backward(h.mm(), dx.get(), dw->get(), dy->get(), fp8.absmax(0, Fp8Slot::DResMlp), x->get(),
+                 fp8.absmax(0, Fp8Slot::SwigluOut), down, N, D, C, nullptr);
+  };
+  fp8.begin_micro_step(nullptr);
+  test::expect_error(backward, "without this micro-step's forward");  // no forward at all yet
+  k::abs_max(fp8.absmax(0, Fp8Slot::SwigluOut), x->get(), elems(N, D), nullptr);
+  fp8.forward(h.mm(), y.get(), x->get(), fp8.absmax(0, Fp8Slot::SwigluOut), down, nullptr, N, D, C, nullptr);
+  fp8.begin_micro_step(nullptr);
+  test::expect_error(backward, "without this micro-step's forward");  // the forward was the last micro-step's
+  test::sync_and_check();
+}
+
+TEST(Fp8KeptTransposes, IgnoredWhereTheBackwardIsNotFp8) {
+  const std::size_t plain = LinearHarness(/*keep=*/false, /*fp8_dgrad=*/false).allocator().in_use(
+      MemCategory::Quants, MemKind::Device);
+  LinearHarness bf16_backward(/*keep=*/true, /*fp8_dgrad=*/false);
+  EXPECT_FALSE(bf16_backward.fp8().keeps_input_transposes()) << "bf16 weight gradients read the bf16 x";
+  EXPECT_EQ(bf16_backward.allocator().in_use(MemCategory::Quants, MemKind::Device), plain);
+  LinearHarness odd_rows(/*keep=*/true, /*fp8_dgrad=*/true, /*rows=*/LinearHarness::kRows + 8);
+  EXPECT_FALSE(odd_rows.fp8().keeps_input_transposes()) << "B*T not a multiple of 16: bf16 weight gradients";
+}
+
+namespace {
+
+constexpr int kKeptAccum = 2, kKeptSteps = 3;
+
+QwenModelOptions kept_options(bool cuda_graphs) {
+  QwenModelOptions o = test::tiny_qwen2_options(kB, kT, kKeptAccum, /*seed=*/7);
+  o.matmul_dtype = DType::E4M3;
+  o.gradient_dtype = DType::E5M2;
+  o.use_cuda_graphs = cuda_graphs;
+  return o;
+}
+
+struct KeptRun {
+  std::vector<StepResult> steps;
+  std::vector<float> eval_losses;                  // after step 2 and after step 3
+  std::map<std::string, test::Bytes> checkpoint;  // weights, adam_m, adam_v after the last step
+  std::size_t quant_bytes = 0;
+};
+
+// Steps 1-2, an evaluation (a forward that overwrites every kept x^T), step 3, an evaluation.
+KeptRun train_and_evaluate(const QwenModelOptions& o) {
+  std::unique_ptr<Model> model = test::make_tiny_qwen2(o, tiny_shape());
+  KeptRun r;
+  r.quant_bytes = model->allocator().in_use(MemCategory::Quants, MemKind::Device);
+  const int vocab = tiny_shape().vocab, rows = kB * kT;
+  const test::BatchSource batches = test::seeded_batches(vocab, rows);
+  std::vector<std::int32_t> eval_inputs, eval_targets;
+  test::seeded_batch(/*step=*/99, /*micro=*/0, vocab, rows, eval_inputs, eval_targets);
+  const AdamWSettings adam = test::adamw_at(1e-3f);
+  r.steps = test::train_steps(*model, adam, kKeptAccum, 1, 2, batches);
+  r.eval_losses.push_back(model->evaluate(eval_inputs.data(), eval_targets.data()));
+  for (const StepResult& step : test::train_steps(*model, adam, kKeptAccum, 3, kKeptSteps, batches))
+    r.steps.push_back(step);
+  r.eval_losses.push_back(model->evaluate(eval_inputs.data(), eval_targets.data()));
+  r.checkpoint = test::checkpoint_tensors(*model);
+  return r;
+}
+
+void expect_same_run(const KeptRun& run, const KeptRun& ref) {
+  test::expect_same_steps(run.steps, ref.steps);
+  ASSERT_EQ(run.eval_losses.size(), ref.eval_losses.size());
+  for (std::size_t i = 0; i < ref.eval_losses.size(); ++i) {
+    EXPECT_TRUE(std::isfinite(ref.eval_losses[i])) << "evaluation " << i + 1;
+    EXPECT_EQ(run.eval_losses[i], ref.eval_losses[i]) << "evaluation " << i + 1;
+  }
+  test::expect_same_bytes(run.checkpoint, ref.checkpoint, "checkpoint tensor");
+}
+
+}  // namespace
+
+// The speed configuration keeps x^T; an offload or recompute flag turns that off and (as the offload
+// and recompute tests check) changes no number, so the runs must agree bit for bit.
+TEST(Fp8KeptTransposes, ModelTrainsBitIdenticallyWithAndWithout) {
+  const KeptRun kept = train_and_evaluate(kept_options(/*cuda_graphs=*/false));
+  for (const StepResult& step : kept.steps) ASSERT_TRUE(std::isfinite(step.loss) && std::isfinite(step.grad_norm));
+  const std::size_t kept_bytes = kept_transpose_bytes(test::tiny_qwen2_config(tiny_shape()), kB * kT);
+
+  QwenModelOptions offload_m = kept_options(false);
+  offload_m.offload_opt_m = true;
+  QwenModelOptions recompute_swiglu = kept_options(false);
+  recompute_swiglu.recompute.swiglu = true;
+  for (const auto& [what, o] :
+       {std::pair{"--offload-opt-m", offload_m}, std::pair{"--recompute-swiglu", recompute_swiglu}}) {
+    SCOPED_TRACE(what);
+    const KeptRun requantized = train_and_evaluate(o);
+    expect_same_run(kept, requantized);
+    EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes, kept_bytes) << "Quants: kept x^T buffers only when enabled";
+  }
+  {
+    SCOPED_TRACE("kept x^T with CUDA graphs");
+    const KeptRun graphs = train_and_evaluate(kept_options(/*cuda_graphs=*/true));
+    expect_same_run(graphs, kept);
+    EXPECT_EQ(graphs.quant_bytes, kept.quant_bytes);
   }
 }

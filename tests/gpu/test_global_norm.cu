@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <type_traits>
 #include <vector>
 
 #include "gpu_test_utils.h"
@@ -24,17 +23,16 @@ class NormCase {
  public:
   NormCase(const std::vector<std::size_t>& sizes, std::uint64_t seed, int offset = 0) : offset_(offset) {
     for (std::size_t i = 0; i < sizes.size(); ++i) {
-      std::vector<float> values = random_floats(sizes[i] + offset, seed + i, -1.f, 1.f);
-      values = round_bf16_if_needed(values);
+      const std::vector<float> values = representable<T>(random_floats(sizes[i] + offset, seed + i, -1.f, 1.f));
       for (std::size_t j = offset; j < values.size(); ++j) sum_sq_ += static_cast<double>(values[j]) * values[j];
       host_.push_back(values);
-      buffers_.push_back(std::make_unique<DeviceBuffer<T>>(as_device(values)));
+      buffers_.push_back(std::make_unique<DeviceBuffer<T>>(as_device_type<T>(values)));
     }
   }
   double expected_norm() const { return std::sqrt(sum_sq_); }
   void set_value(std::size_t tensor, std::size_t index, float value) {
     host_[tensor][offset_ + index] = value;
-    buffers_[tensor]->upload(as_device(host_[tensor]));
+    buffers_[tensor]->upload(as_device_type<T>(host_[tensor]));
   }
 
   NormResult run(float max_norm) {
@@ -53,17 +51,6 @@ class NormCase {
   }
 
  private:
-  static std::vector<float> round_bf16_if_needed(const std::vector<float>& v) {
-    if constexpr (std::is_same_v<T, nv_bfloat16>) return round_bf16(v);
-    return v;
-  }
-  static std::vector<T> as_device(const std::vector<float>& v) {
-    if constexpr (std::is_same_v<T, nv_bfloat16>) {
-      return to_bf16(v);
-    } else {
-      return v;
-    }
-  }
   int offset_;
   double sum_sq_ = 0;
   std::vector<std::vector<float>> host_;
@@ -106,20 +93,23 @@ TEST(GlobalNorm, NoClipWhenNormBelowMax) {
   EXPECT_EQ(r.clip_scale, 1.f);
 }
 
-TEST(GlobalNorm, NanGradientShowsInNormAndDoesNotZeroTheScale) {
-  NormCase<float> c({1000, 4097}, 9);
-  c.set_value(1, 4000, NAN);
+// Two tensors with one element set to a non-finite `value`, max_norm 1: returns the result after
+// expecting a clip scale of 1 (a non-finite norm must not zero the update).
+template <typename T>
+NormResult run_with_non_finite(std::uint64_t seed, std::size_t tensor, std::size_t index, float value) {
+  NormCase<T> c({1000, 4097}, seed);
+  c.set_value(tensor, index, value);
   const NormResult r = c.run(1.f);
-  EXPECT_TRUE(std::isnan(r.norm));
   EXPECT_EQ(r.clip_scale, 1.f);
+  return r;
+}
+
+TEST(GlobalNorm, NanGradientShowsInNormAndDoesNotZeroTheScale) {
+  EXPECT_TRUE(std::isnan(run_with_non_finite<float>(9, 1, 4000, NAN).norm));
 }
 
 TEST(GlobalNorm, InfGradientShowsInNormAndDoesNotZeroTheScale) {
-  NormCase<nv_bfloat16> c({1000, 4097}, 10);
-  c.set_value(0, 3, INFINITY);
-  const NormResult r = c.run(1.f);
-  EXPECT_TRUE(std::isinf(r.norm));
-  EXPECT_EQ(r.clip_scale, 1.f);
+  EXPECT_TRUE(std::isinf(run_with_non_finite<nv_bfloat16>(10, 0, 3, INFINITY).norm));
 }
 
 TEST(GlobalNorm, BitReproducible) {

@@ -1,5 +1,6 @@
 // Block weights and gradients in pinned host memory (--offload-master / --offload-gradients),
-// reached one layer at a time through two device slots, against everything on the device.
+// reached one layer at a time through two device slots, against everything on the device; the
+// same for the residual stream (--offload-residual) and the FP8 weight copies (--offload-quants).
 // A tiny random-init Qwen2 trains 3 optimizer steps of 3 micro-batches (so offloaded gradients
 // are zeroed, then accumulated through host memory twice); every placement must give
 // BIT-IDENTICAL losses, gradient norms, evaluation loss, checkpoint tensors and exported files,
@@ -29,6 +30,7 @@ constexpr int kB = 2, kT = 128, kAccum = 3, kSteps = 3;
 struct Placement {
   std::string name;
   bool master = false, gradients = false, moments = false, zero_copy = false;
+  bool residual = false, quants = false;
 };
 
 struct Variant {
@@ -59,6 +61,8 @@ QwenModelOptions model_options(const Variant& v, const Placement& p) {
   o.offload_gradients = p.gradients;
   o.offload_opt_m = o.offload_opt_v = p.moments;
   o.use_zero_copy = p.zero_copy;
+  o.offload_residual = p.residual;
+  o.offload_quants = p.quants && v.matmul == DType::E4M3;  // there are no FP8 copies otherwise
   o.offload_chunk_elements = 40009;  // odd: chunks cut parameters
   return o;
 }
@@ -132,6 +136,36 @@ void expect_placement(const RunResult& ref, const RunResult& run, const Variant&
   }
 }
 
+// --offload-residual: residual[0..L] in host memory, two of them on the device.
+void expect_residual_placement(const RunResult& ref, const RunResult& run, const Variant& v, const Placement& p) {
+  const ModelConfig cfg = tiny_qwen2_config(shape(v));
+  const std::size_t residual = static_cast<std::size_t>(kB) * kT * cfg.hidden_size * dtype_size(v.model);
+  const std::size_t count = cfg.num_layers + 1;
+  const int act = idx(MemCategory::Activations);
+  if (!p.residual) {
+    EXPECT_EQ(run.device_bytes[act], ref.device_bytes[act]);
+    EXPECT_EQ(run.host_bytes[act], 0u);
+    return;
+  }
+  EXPECT_EQ(run.host_bytes[act], count * residual);
+  EXPECT_EQ(run.device_bytes[act] + (count - 2) * device_block_bytes(residual), ref.device_bytes[act]);
+}
+
+// --offload-quants: one e4m3 copy of every block matrix (16-byte aligned) in host memory.
+void expect_quant_placement(const RunResult& ref, const RunResult& run, const Variant& v, const Placement& p) {
+  const int quants = idx(MemCategory::Quants);
+  if (!p.quants || v.matmul != DType::E4M3) {
+    EXPECT_EQ(run.host_bytes[quants], 0u);
+    return;
+  }
+  const ParamLayout layout(tiny_qwen2_config(shape(v)));
+  std::size_t fp8_bytes = 0;
+  for (int l = 0; l < layout.num_layers(); ++l)
+    for (int id : layout.layer(l).matrices()) fp8_bytes += (static_cast<std::size_t>(layout[id].numel()) + 15) / 16 * 16;
+  EXPECT_EQ(run.host_bytes[quants], fp8_bytes);
+  EXPECT_LT(run.device_bytes[quants], ref.device_bytes[quants]);
+}
+
 std::vector<Placement> placements() {
   return {
       {"offload master", true, false, false, false},
@@ -139,6 +173,9 @@ std::vector<Placement> placements() {
       {"offload master + gradients", true, true, false, false},
       {"offload everything, streamed", true, true, true, false},
       {"offload everything, zero-copy", true, true, true, true},
+      {"offload residual", false, false, false, false, true, false},
+      {"offload quants", false, false, false, false, false, true},
+      {"offload everything + residual + quants", true, true, true, false, true, true},
   };
 }
 
@@ -157,6 +194,8 @@ TEST_P(OffloadedLayers, StepsAreBitIdenticalToEverythingOnDevice) {
     const RunResult run = train(v, p);
     expect_identical(ref, run);
     expect_placement(ref, run, v, p);
+    expect_residual_placement(ref, run, v, p);
+    expect_quant_placement(ref, run, v, p);
   }
 }
 

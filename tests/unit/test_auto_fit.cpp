@@ -75,7 +75,7 @@ TEST(AutoFitCost, BlockWeightsStreamOnlyWhereBf16GemmsReadThem) {
 TEST(AutoFitCandidates, AllCombinationsSortedByEstimate) {
   const ModelConfig cfg = qwen_7b();
   const std::vector<FitCandidate> c = fit_candidates(cfg, options_7b(4, 8), kH100Bf16);
-  ASSERT_EQ(c.size(), 72u);
+  ASSERT_EQ(c.size(), 288u);  // 6 recompute levels x 12 offload sets x residual x quants
   std::set<std::string> flags;
   for (std::size_t i = 0; i < c.size(); ++i) {
     flags.insert(c[i].flags);
@@ -84,10 +84,32 @@ TEST(AutoFitCandidates, AllCombinationsSortedByEstimate) {
     EXPECT_EQ(c[i].opts.batch_size, 4);
     EXPECT_FALSE(c[i].opts.use_zero_copy);
   }
-  EXPECT_EQ(flags.size(), 72u);  // every candidate is a different flag set
+  EXPECT_EQ(flags.size(), 288u);  // every candidate is a different flag set
   EXPECT_EQ(c.front().flags, "");  // nothing recomputed or offloaded is the fastest
   EXPECT_EQ(c.back().flags,
-            "--recompute-block --offload-master --offload-gradients --offload-opt-m --offload-opt-v");
+            "--recompute-block --offload-master --offload-gradients --offload-opt-m --offload-opt-v "
+            "--offload-residual --offload-quants");
+}
+
+TEST(AutoFitCandidates, QuantsAreOffloadedOnlyWithFp8) {
+  const ModelConfig cfg = qwen_7b();
+  QwenModelOptions bf16 = options_7b(4, 8);
+  bf16.matmul_dtype = bf16.gradient_dtype = DType::BF16;
+  const std::vector<FitCandidate> c = fit_candidates(cfg, bf16, kH100Bf16);
+  EXPECT_EQ(c.size(), 144u);
+  for (const FitCandidate& x : c) EXPECT_FALSE(x.opts.offload_quants) << x.flags;
+}
+
+TEST(AutoFitCost, ResidualAndQuantOffloadsCostPcieTime) {
+  const ModelConfig cfg = qwen_7b();
+  QwenModelOptions o = options_7b(4, 8);
+  o.offload_master = o.offload_gradients = true;  // PCIe-bound already: every extra byte shows
+  const double base = cost_seconds(cfg, o, kH100Bf16);
+  QwenModelOptions residual = o, quants = o;
+  residual.offload_residual = true;
+  quants.offload_quants = true;
+  EXPECT_GT(cost_seconds(cfg, residual, kH100Bf16), base);
+  EXPECT_GT(cost_seconds(cfg, quants, kH100Bf16), base);
 }
 
 TEST(PlanningBackend, HandsOutDistinctAlignedAddressesAndCountsEverything) {
