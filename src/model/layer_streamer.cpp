@@ -49,19 +49,12 @@ void LayerStreamer::create_slots(Allocator& alloc, const std::string& name, MemC
     LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].ready, cudaEventDisableTiming));
     LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&slots_[s].free, cudaEventDisableTiming));
   }
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&download_, cudaStreamNonBlocking));
   LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&host_written_, cudaEventDisableTiming));
   LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&copies_done_, cudaEventDisableTiming));
 }
 
 LayerStreamer::~LayerStreamer() {
-  // Never throws: the streams may hold work of a step that failed half-way.
-  for (cudaStream_t s : {upload_, download_}) {
-    if (!s) continue;
-    cudaStreamSynchronize(s);
-    cudaStreamDestroy(s);
-  }
+  // Never throws; streams_ waits for the copies still running when it goes.
   for (const Slot& s : slots_)
     for (cudaEvent_t e : {s.ready, s.free})
       if (e) cudaEventDestroy(e);
@@ -87,11 +80,11 @@ int LayerStreamer::free_slot() const {
 
 void LayerStreamer::copy_in(int s, int l) {
   Slot& slot = slots_[s];
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, slot.free, 0));
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, host_written_, 0));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.upload, slot.free, 0));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.upload, host_written_, 0));
   if (layers_[l].bytes)
-    LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, layers_[l].host, layers_[l].bytes, cudaMemcpyHostToDevice, upload_));
-  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, upload_));
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, layers_[l].host, layers_[l].bytes, cudaMemcpyHostToDevice, streams_.upload));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, streams_.upload));
   slot.layer = l;
 }
 
@@ -140,10 +133,10 @@ void LayerStreamer::write_back(int l, cudaStream_t compute) {
   LLMQ_REQUIRE(s >= 0 && slots_[s].in_use, "internal error: write-back of layer {} that is not in use", l);
   Slot& slot = slots_[s];
   LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, compute));  // "compute is done with the slot"
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(download_, slot.ready, 0));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.download, slot.ready, 0));
   if (layers_[l].bytes)
-    LLMQ_CUDA_CHECK(cudaMemcpyAsync(layers_[l].host, slot.data, layers_[l].bytes, cudaMemcpyDeviceToHost, download_));
-  LLMQ_CUDA_CHECK(cudaEventRecord(slot.free, download_));
+    LLMQ_CUDA_CHECK(cudaMemcpyAsync(layers_[l].host, slot.data, layers_[l].bytes, cudaMemcpyDeviceToHost, streams_.download));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.free, streams_.download));
   slot.layer = -1;
   slot.in_use = false;
 }
@@ -157,7 +150,7 @@ void LayerStreamer::invalidate(cudaStream_t compute) {
 }
 
 void LayerStreamer::synchronize_into(cudaStream_t compute) {
-  for (cudaStream_t s : {upload_, download_}) {
+  for (cudaStream_t s : {streams_.upload, streams_.download}) {
     LLMQ_CUDA_CHECK(cudaEventRecord(copies_done_, s));
     LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, copies_done_, 0));
   }

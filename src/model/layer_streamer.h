@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "model/copy_streams.h"
 #include "model/param_store.h"
 
 namespace llmq {
@@ -79,7 +80,7 @@ class LayerStreamer {
   std::vector<std::int64_t> first_element_;  // store constructor: physical host element where layer l starts
   std::vector<HostLayer> layers_;
   std::array<Slot, 2> slots_;
-  cudaStream_t upload_ = nullptr, download_ = nullptr;
+  CopyStreams streams_;
   cudaEvent_t host_written_ = nullptr, copies_done_ = nullptr;
 };
 

@@ -14,17 +14,10 @@ ResidualStreamer::ResidualStreamer(Allocator& alloc, int count, std::size_t byte
     for (cudaEvent_t* e : {&slots_[s].written, &slots_[s].ready, &slots_[s].copied, &slots_[s].released})
       LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&download_, cudaStreamNonBlocking));
 }
 
 ResidualStreamer::~ResidualStreamer() {
-  // Never throws: the streams may hold work of a step that failed half-way.
-  for (cudaStream_t s : {upload_, download_}) {
-    if (!s) continue;
-    cudaStreamSynchronize(s);
-    cudaStreamDestroy(s);
-  }
+  // Never throws; streams_ waits for the copies still running when it goes.
   for (Slot& s : slots_)
     for (cudaEvent_t e : {s.written, s.ready, s.copied, s.released})
       if (e) cudaEventDestroy(e);
@@ -52,21 +45,21 @@ void ResidualStreamer::end_write(int i, cudaStream_t compute) {
   Slot& slot = slot_of(i);
   LLMQ_REQUIRE(slot.holds == i && slot.in_use, "internal error: end_write of residual {} without begin_write", i);
   LLMQ_CUDA_CHECK(cudaEventRecord(slot.written, compute));
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(download_, slot.written, 0));
-  LLMQ_CUDA_CHECK(cudaMemcpyAsync(host(i), slot.data, bytes_, cudaMemcpyDeviceToHost, download_));
-  LLMQ_CUDA_CHECK(cudaEventRecord(slot.copied, download_));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.download, slot.written, 0));
+  LLMQ_CUDA_CHECK(cudaMemcpyAsync(host(i), slot.data, bytes_, cudaMemcpyDeviceToHost, streams_.download));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.copied, streams_.download));
   // Readers of residual[i] (the next layer) come later on `compute`, which orders them before the
   // write of residual[i+2] into this slot.
   slot.in_use = false;
 }
 
 void ResidualStreamer::upload(Slot& slot, int i) {
-  wait_until_free(slot, upload_);
+  wait_until_free(slot, streams_.upload);
   // Downloads run in order: everything enqueued so far includes residual[i]'s.
-  LLMQ_CUDA_CHECK(cudaEventRecord(slot.copied, download_));
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_, slot.copied, 0));
-  LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, host(i), bytes_, cudaMemcpyHostToDevice, upload_));
-  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, upload_));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.copied, streams_.download));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.upload, slot.copied, 0));
+  LLMQ_CUDA_CHECK(cudaMemcpyAsync(slot.data, host(i), bytes_, cudaMemcpyHostToDevice, streams_.upload));
+  LLMQ_CUDA_CHECK(cudaEventRecord(slot.ready, streams_.upload));
   slot.holds = i;
 }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "model/copy_streams.h"
 #include "core/tensor.h"
 
 namespace llmq {
@@ -56,7 +57,7 @@ class ResidualStreamer {
   std::size_t bytes_;
   std::byte* host_ = nullptr;
   std::array<Slot, 2> slots_;
-  cudaStream_t upload_ = nullptr, download_ = nullptr;
+  CopyStreams streams_;
 };
 
 }  // namespace llmq

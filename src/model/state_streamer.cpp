@@ -31,20 +31,13 @@ StateStreamer::StateStreamer(Allocator& alloc, std::vector<Role> roles, bool zer
       s.staging[b] = alloc.allocate(fmt::format("optimizer staging {}", b), s.role.store->dtype(), {chunk_},
                                     MemCategory::Workspace);
   }
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_stream_, cudaStreamNonBlocking));
-  LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&download_stream_, cudaStreamNonBlocking));
   LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
   for (auto* events : {&uploaded_, &updated_, &downloaded_})
     for (cudaEvent_t& e : *events) LLMQ_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
 }
 
 StateStreamer::~StateStreamer() {
-  // Never throws: streams may hold work of a step that failed half-way.
-  for (cudaStream_t s : {upload_stream_, download_stream_}) {
-    if (!s) continue;
-    cudaStreamSynchronize(s);
-    cudaStreamDestroy(s);
-  }
+  // Never throws; streams_ waits for the copies still running when it goes.
   if (start_) cudaEventDestroy(start_);
   for (auto* events : {&uploaded_, &updated_, &downloaded_})
     for (cudaEvent_t e : *events)
@@ -81,7 +74,7 @@ void StateStreamer::for_each_chunk(cudaStream_t compute, const ChunkUpdate& upda
   }
   // Host state may have been written by earlier work on `compute` (or by the host before it).
   LLMQ_CUDA_CHECK(cudaEventRecord(start_, compute));
-  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_stream_, start_, 0));
+  LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.upload, start_, 0));
   int chunk = 0;
   for (std::int64_t begin = 0; begin < total_; ++chunk) {
     const std::int64_t end = chunk_end(begin);
@@ -89,10 +82,10 @@ void StateStreamer::for_each_chunk(cudaStream_t compute, const ChunkUpdate& upda
     // Which roles of this chunk go through staging buffers (those whose elements are in host memory).
     auto staged_here = [&](const Staged& s) { return s.staged && s.role.store->on_host(begin); };
     // Buffer b is free once the download of chunk - 2 has read it (a never-recorded event is complete).
-    LLMQ_CUDA_CHECK(cudaStreamWaitEvent(upload_stream_, downloaded_[b], 0));
+    LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.upload, downloaded_[b], 0));
     for (const Staged& s : roles_)
-      if (staged_here(s)) copy_chunk(s, b, begin, end, /*to_device=*/true, upload_stream_);
-    LLMQ_CUDA_CHECK(cudaEventRecord(uploaded_[b], upload_stream_));
+      if (staged_here(s)) copy_chunk(s, b, begin, end, /*to_device=*/true, streams_.upload);
+    LLMQ_CUDA_CHECK(cudaEventRecord(uploaded_[b], streams_.upload));
 
     LLMQ_CUDA_CHECK(cudaStreamWaitEvent(compute, uploaded_[b], 0));
     for (std::size_t r = 0; r < roles_.size(); ++r)
@@ -100,10 +93,10 @@ void StateStreamer::for_each_chunk(cudaStream_t compute, const ChunkUpdate& upda
     update(begin, end, pointers);
     LLMQ_CUDA_CHECK(cudaEventRecord(updated_[b], compute));
 
-    LLMQ_CUDA_CHECK(cudaStreamWaitEvent(download_stream_, updated_[b], 0));
+    LLMQ_CUDA_CHECK(cudaStreamWaitEvent(streams_.download, updated_[b], 0));
     for (const Staged& s : roles_)
-      if (staged_here(s) && s.role.written) copy_chunk(s, b, begin, end, /*to_device=*/false, download_stream_);
-    LLMQ_CUDA_CHECK(cudaEventRecord(downloaded_[b], download_stream_));
+      if (staged_here(s) && s.role.written) copy_chunk(s, b, begin, end, /*to_device=*/false, streams_.download);
+    LLMQ_CUDA_CHECK(cudaEventRecord(downloaded_[b], streams_.download));
     begin = end;
   }
   // The download stream runs in order: its last event covers every copy back.

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "model/copy_streams.h"
 #include "model/param_store.h"
 
 namespace llmq {
@@ -70,7 +71,7 @@ class StateStreamer {
   std::int64_t chunk_ = 0;  // K
   bool streamed_ = false;
   std::vector<Staged> roles_;
-  cudaStream_t upload_stream_ = nullptr, download_stream_ = nullptr;
+  CopyStreams streams_;
   cudaEvent_t start_ = nullptr;
   std::array<cudaEvent_t, 2> uploaded_{}, updated_{}, downloaded_{};
 };

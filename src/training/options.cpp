@@ -209,14 +209,13 @@ void add_parallel_options(CLI::App& app, TrainOptions& o) {
   auto* zero = app.add_option("--zero-level", o.zero_level,
                               "ZeRO level: 1 shards optimizer state, 2 also gradients, 3 also weights")
                    ->group(g);
-  auto* shard_w = flag(app, "--shard-weights", o.shard_weights, "Shard weights across GPUs")->excludes(zero)->group(g);
+  flag(app, "--shard-weights", o.shard_weights, "Shard weights across GPUs")->excludes(zero)->group(g);
   flag(app, "--shard-gradients", o.shard_gradients, "Shard gradients across GPUs")->excludes(zero)->group(g);
   flag(app, "--memcpy-all-gather", o.memcpy_all_gather, "All-gather with copy engines (one process, threads)")
       ->group(g);
   flag(app, "--memcpy-send-recv", o.memcpy_send_recv, "Send/receive with copy engines (one process, threads)")
       ->group(g);
   flag(app, "--all-to-all-reduce", o.all_to_all_reduce, "All-to-all based gradient reduction")->group(g);
-  (void)shard_w;
 }
 
 void add_memory_options(CLI::App& app, TrainOptions& o, RawOptions& r) {
