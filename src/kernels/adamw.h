@@ -1,5 +1,6 @@
-// AdamW optimizer step for one parameter tensor (math in adamw.cu). Parameters, gradients and the
-// two moments are each fp32 or bf16; bf16 outputs use stochastic rounding seeded per
+// AdamW optimizer step (math in adamw.cu) for one parameter tensor (adamw_update) or for many pieces
+// of tensors lying in flat arrays in a few launches (adamw_update_multi). Parameters, gradients and
+// the two moments are each fp32 or bf16; bf16 outputs use stochastic rounding seeded per
 // (seed, step, element), so the same call with the same seed always gives the same bits, and a
 // tensor updated in slices (index_offset) gets the same bits as one update of the whole.
 #pragma once
@@ -8,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace llmq::kernels {
 
@@ -34,5 +36,26 @@ template <typename TParam, typename TGrad, typename TMoment1, typename TMoment2>
 void adamw_update(TParam* params, const TGrad* grads, TMoment1* m, TMoment2* v, std::size_t n,
                   const AdamWConfig& config, const float* grad_scale, nv_bfloat16* params_bf16_copy,
                   cudaStream_t stream);
+
+// One piece of one tensor in a multi-tensor update: flat elements [begin, begin + n) of the arrays passed.
+struct AdamWPiece {
+  std::int64_t begin = 0;           // element offset within the arrays passed to adamw_update_multi
+  std::uint64_t n = 0;              // elements
+  std::uint64_t index_offset = 0;   // index of element `begin` within its tensor (as AdamWConfig::index_offset)
+  std::uint32_t seed = 0;           // as AdamWConfig::seed
+  float weight_decay = 0.f;         // as AdamWConfig::weight_decay (0: no decay)
+};
+
+// Updates every piece (disjoint, else llmq::Error; any order; any count, including 0) with the shared
+// hyper-parameters of `shared` (lr, betas, eps, step; its weight_decay / seed / index_offset are ignored)
+// in few launches (up to 64 pieces each). Bit-identical to one adamw_update per piece with config
+// {shared, weight_decay, seed, index_offset} and params_bf16_copy = nullptr. Elements outside the pieces
+// are never touched. Memory and grad_scale as for adamw_update; the pointers may be null when no piece
+// has elements. All pieces are checked before anything is launched (a bad list updates nothing).
+// Instantiated for every combination of float / nv_bfloat16.
+template <typename TParam, typename TGrad, typename TMoment1, typename TMoment2>
+void adamw_update_multi(TParam* params, const TGrad* grads, TMoment1* m, TMoment2* v,
+                        const std::vector<AdamWPiece>& pieces, const AdamWConfig& shared, const float* grad_scale,
+                        cudaStream_t stream);
 
 }  // namespace llmq::kernels

@@ -15,7 +15,9 @@
 #include <cublasLt.h>
 
 #include <cstdint>
+#include <map>
 #include <unordered_map>
+#include <vector>
 
 #include "core/errors.h"
 
@@ -111,16 +113,86 @@ class MatmulPlan {
     if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
     if (fp8_) set_scale_pointers(ops);
     const float beta = accumulate ? 1.f : 0.f;
-    // cuBLASLt's A is our b and its B is our a (see the head comment); C = D = out.
-    LLMQ_CUBLAS_CHECK(cublasLtMatmul(handle, op_, &alpha, ops.b, layout_a_, ops.a, layout_b_, &beta, ops.out,
-                                     layout_out_, ops.out, layout_out_, &algo_, workspace, workspace_bytes, stream));
+    LLMQ_CUBLAS_CHECK(launch(handle, ops, alpha, beta, algo_, workspace, workspace_bytes, stream));
+  }
+
+  // Takes the heuristic's candidate `index` (0 = its first choice); false if it has no such candidate.
+  bool choose(int index) {
+    if (index < 0 || index >= static_cast<int>(candidates_.size())) return false;
+    algo_ = candidates_[index].algo;
+    chosen_ = index;
+    return true;
+  }
+  int chosen() const { return chosen_; }
+
+  // Times the heuristic's candidates on this call's operands and keeps the fastest. An accumulating
+  // call's output is saved first and restored after (one that overwrites needs no saving), so the
+  // call that follows computes exactly what it would have. Keeps the heuristic's choice when the
+  // saved copy does not fit in free device memory.
+  void tune(cublasLtHandle_t handle, const ProblemKey& key, const MatmulOperands& ops, float alpha, bool accumulate,
+            void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+    if (candidates_.size() < 2) return;
+    const std::size_t out_bytes = static_cast<std::size_t>(key.M) * key.N * dtype_size(key.out_dtype);
+    void* saved = nullptr;
+    if (accumulate && cudaMalloc(&saved, out_bytes) != cudaSuccess) {
+      (void)cudaGetLastError();  // no room: the heuristic's choice stands
+      return;
+    }
+    if (saved) LLMQ_CUDA_CHECK(cudaMemcpyAsync(saved, ops.out, out_bytes, cudaMemcpyDeviceToDevice, stream));
+    if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
+    if (fp8_) set_scale_pointers(ops);
+    const std::vector<float> ms = time_candidates(handle, ops, alpha, accumulate ? 1.f : 0.f, workspace,
+                                                  workspace_bytes, stream);
+    if (saved) {
+      LLMQ_CUDA_CHECK(cudaMemcpyAsync(ops.out, saved, out_bytes, cudaMemcpyDeviceToDevice, stream));
+      LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
+      LLMQ_CUDA_CHECK(cudaFree(saved));
+    }
+    int best = 0;
+    for (int i = 1; i < static_cast<int>(ms.size()); ++i)
+      if (ms[i] >= 0 && (ms[best] < 0 || ms[i] < ms[best])) best = i;
+    choose(best);
   }
 
  private:
+  static constexpr int kMaxCandidates = 8;  // candidates timed by tune()
+  static constexpr int kTimedRuns = 5;
   bool fp8_;
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates_;  // the heuristic's ranking, best first
+  int chosen_ = 0;                                            // index into candidates_ of algo_
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t layout_a_ = nullptr, layout_b_ = nullptr, layout_out_ = nullptr;
   cublasLtMatmulAlgo_t algo_{};
+
+  cublasStatus_t launch(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, float beta,
+                        const cublasLtMatmulAlgo_t& algo, void* workspace, std::size_t workspace_bytes,
+                        cudaStream_t stream) {
+    // cuBLASLt's A is our b and its B is our a (see the head comment); C = D = out.
+    return cublasLtMatmul(handle, op_, &alpha, ops.b, layout_a_, ops.a, layout_b_, &beta, ops.out, layout_out_,
+                          ops.out, layout_out_, &algo, workspace, workspace_bytes, stream);
+  }
+
+  // Milliseconds for kTimedRuns calls of each candidate (after one warm-up call); -1 where it fails.
+  std::vector<float> time_candidates(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, float beta,
+                                     void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
+    std::vector<float> ms(candidates_.size(), -1.f);
+    cudaEvent_t start = nullptr, stop = nullptr;
+    LLMQ_CUDA_CHECK(cudaEventCreate(&start));
+    LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
+    for (std::size_t i = 0; i < candidates_.size(); ++i) {
+      const cublasLtMatmulAlgo_t& algo = candidates_[i].algo;
+      if (launch(handle, ops, alpha, beta, algo, workspace, workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS) continue;
+      LLMQ_CUDA_CHECK(cudaEventRecord(start, stream));
+      for (int run = 0; run < kTimedRuns; ++run)
+        LLMQ_CUBLAS_CHECK(launch(handle, ops, alpha, beta, algo, workspace, workspace_bytes, stream));
+      LLMQ_CUDA_CHECK(cudaEventRecord(stop, stream));
+      LLMQ_CUDA_CHECK(cudaEventSynchronize(stop));
+      LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ms;
+  }
 
   template <typename V>
   void set_attribute(cublasLtMatmulDescAttributes_t attr, const V& value) {
@@ -179,8 +251,11 @@ class MatmulPlan {
       set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, k.align_a);
       set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, k.align_out);
       set_preference(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.align_out);
-      status = cublasLtMatmulAlgoGetHeuristic(handle, op_, layout_a_, layout_b_, layout_out_, layout_out_, pref, 1,
-                                              &result, &found);
+      candidates_.resize(kMaxCandidates);
+      status = cublasLtMatmulAlgoGetHeuristic(handle, op_, layout_a_, layout_b_, layout_out_, layout_out_, pref,
+                                              kMaxCandidates, candidates_.data(), &found);
+      candidates_.resize(status == CUBLAS_STATUS_SUCCESS ? found : 0);
+      if (found > 0) result = candidates_[0];
     } catch (...) {
       cublasLtMatmulPreferenceDestroy(pref);
       throw;
@@ -219,6 +294,8 @@ struct MatmulContext::Impl {
   void* workspace = nullptr;
   std::size_t workspace_bytes = 0;
   std::unordered_map<ProblemKey, std::unique_ptr<MatmulPlan>, ProblemKeyHash> plans;
+  bool autotune = false;
+  std::map<std::string, int> presets;  // describe(key) -> candidate index, from preset_choices
 };
 
 MatmulContext::MatmulContext(void* workspace, std::size_t workspace_bytes) : impl_(std::make_unique<Impl>()) {
@@ -238,14 +315,46 @@ MatmulContext::~MatmulContext() {
 
 std::size_t MatmulContext::cached_problems() const { return impl_->plans.size(); }
 
+void MatmulContext::set_autotune(bool on) { impl_->autotune = on; }
+
+std::map<std::string, int> MatmulContext::choices() const {
+  std::map<std::string, int> out;
+  for (const auto& [key, plan] : impl_->plans) out[describe(key)] = plan->chosen();
+  return out;
+}
+
+void MatmulContext::preset_choices(const std::map<std::string, int>& choices) {
+  impl_->presets = choices;
+  for (auto& [key, plan] : impl_->plans)
+    if (const auto it = choices.find(describe(key)); it != choices.end()) plan->choose(it->second);
+}
+
+std::string MatmulContext::environment() {
+  int device = 0;
+  LLMQ_CUDA_CHECK(cudaGetDevice(&device));
+  cudaDeviceProp prop{};
+  LLMQ_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return fmt::format("{}, {} SMs, cuBLASLt {}", prop.name, prop.multiProcessorCount, cublasLtGetVersion());
+}
+
 namespace {
 
-// Runs one problem with its cached plan, creating the plan (and choosing the algorithm) on first use.
+// Runs one problem with its cached plan, creating the plan (and choosing the algorithm) on first use:
+// a preset choice, else with autotune the fastest candidate (never while a graph is being captured:
+// timing needs synchronization), else the heuristic's first.
 void run_planned(MatmulContext::Impl& impl, const ProblemKey& key, const MatmulOperands& ops, float alpha,
                  bool accumulate, cudaStream_t stream) {
   auto it = impl.plans.find(key);
-  if (it == impl.plans.end())
+  if (it == impl.plans.end()) {
     it = impl.plans.emplace(key, std::make_unique<MatmulPlan>(impl.handle, key, ops, impl.workspace_bytes)).first;
+    MatmulPlan& plan = *it->second;
+    const auto preset = impl.presets.find(describe(key));
+    const bool preset_taken = preset != impl.presets.end() && plan.choose(preset->second);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    LLMQ_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (!preset_taken && impl.autotune && capture == cudaStreamCaptureStatusNone)
+      plan.tune(impl.handle, key, ops, alpha, accumulate, impl.workspace, impl.workspace_bytes, stream);
+  }
   it->second->run(impl.handle, ops, alpha, accumulate, impl.workspace, impl.workspace_bytes, stream);
 }
 

@@ -25,15 +25,19 @@
 //   row of a, b and out starts 16-byte aligned); M is free.
 //
 // A MatmulContext owns the cuBLASLt handle and caches, per problem (shape, transposes, dtypes,
-// bias epilogue, FP8 fast accumulation, pointer alignment), the descriptors and the algorithm the
-// heuristic picked.
+// bias epilogue, FP8 fast accumulation, pointer alignment), the descriptors and the algorithm:
+// cuBLASLt's first heuristic answer, or with autotune the fastest of its top candidates, timed
+// on the problem's first call. Every algorithm gives the same bits run after run, but a timed
+// choice can differ between runs: choices() / preset_choices() let a resumed run replay it.
 // It is not thread-safe: use one context per thread (and do not run two streams' matmuls on
 // one context concurrently, they would share its workspace).
 #pragma once
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "core/dtype.h"
 #include "core/tensor.h"
@@ -55,6 +59,19 @@ class MatmulContext {
 
   // Number of distinct problems seen so far (each has one cached algorithm).
   std::size_t cached_problems() const;
+
+  // With autotune, a problem's first call (outside graph capture) times the heuristic's top 8
+  // candidates on its own operands and keeps the fastest; the call's result is what it would have
+  // been anyway (an accumulating call's output is saved and restored; without free device memory
+  // for that copy the heuristic's choice stands). Off by default.
+  void set_autotune(bool on);
+  // The algorithm of each problem so far: problem description -> index in the heuristic's ranking.
+  std::map<std::string, int> choices() const;
+  // Problems named here take the given candidate instead of being tuned (also those already seen).
+  // Only meaningful on the GPU and library of environment() where the choices were made.
+  void preset_choices(const std::map<std::string, int>& choices);
+  // The current GPU and the cuBLASLt version: what the choices depend on.
+  static std::string environment();
 
   struct Impl;
 

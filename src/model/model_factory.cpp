@@ -46,6 +46,7 @@ QwenModelOptions model_options(const TrainOptions& opts) {
   m.use_zero_copy = opts.use_zero_copy;
   m.write_combined = opts.write_combined;
   m.use_cuda_graphs = opts.use_cuda_graphs;
+  m.autotune_matmuls = opts.autotune_matmuls;
   m.recompute.swiglu = opts.recompute_swiglu;
   m.recompute.norm = opts.recompute_norm;
   m.recompute.ffn = opts.recompute_ffn;

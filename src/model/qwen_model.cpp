@@ -72,6 +72,7 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   matmul_workspace_ = alloc_.allocate_bytes("cuBLASLt workspace", kernels::MatmulContext::kRecommendedWorkspaceBytes,
                                             MemCategory::Workspace);
   matmul_ = std::make_unique<kernels::MatmulContext>(matmul_workspace_, kernels::MatmulContext::kRecommendedWorkspaceBytes);
+  matmul_->set_autotune(opts.autotune_matmuls && !opts.plan_only);
   if constexpr (std::is_same_v<T, nv_bfloat16>) {
     attention_ = std::make_unique<kernels::AttentionContext>();
     attention_workspace_bytes_ = attention_->workspace_bytes(run_->B, run_->T, cfg.num_query_heads, cfg.num_kv_heads,
@@ -255,6 +256,35 @@ void QwenModel<T>::export_gradients(const std::filesystem::path& file) const {
 
 namespace {
 constexpr const char* kCheckpointFile = "model_state.safetensors";
+// The matmul algorithm of each problem (MatmulContext::choices), so that a resumed run computes
+// exactly what the uninterrupted one would have, also where the algorithms were tuned by timing.
+constexpr const char* kMatmulChoicesFile = "matmul_algorithms.json";
+
+void save_matmul_choices(const kernels::MatmulContext& matmul, const std::filesystem::path& file) {
+  const nlohmann::json j = {{"environment", kernels::MatmulContext::environment()}, {"choices", matmul.choices()}};
+  std::ofstream(file) << j.dump(1) << "\n";
+}
+
+// A missing file (a checkpoint from before the file existed) or one from another GPU or cuBLASLt
+// leaves the choice to this run; the warning says what that costs.
+void load_matmul_choices(kernels::MatmulContext& matmul, const std::filesystem::path& file) {
+  if (!std::filesystem::exists(file)) return;
+  const std::string here = kernels::MatmulContext::environment();
+  std::string problem;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(std::ifstream(file));
+    const std::string there = j.at("environment").get<std::string>();
+    if (there == here) {
+      matmul.preset_choices(j.at("choices").get<std::map<std::string, int>>());
+      return;
+    }
+    problem = fmt::format("they were chosen on {}, this is {}", there, here);
+  } catch (const nlohmann::json::exception& e) {
+    problem = fmt::format("unreadable ({})", e.what());
+  }
+  fmt::print(stderr, "warning: {}: {}; the matmul algorithms are chosen again, so the resumed run may differ from an "
+             "uninterrupted one in the last bits\n", file.string(), problem);
+}
 }  // namespace
 
 template <typename T>
@@ -270,6 +300,7 @@ void QwenModel<T>::save_checkpoint(const std::filesystem::path& dir) const {
   }
   writer.set_metadata({{"format", "pt"}, {"model", cfg_.name}, {"layout_elements", std::to_string(P)}});
   writer.write(dir / kCheckpointFile);
+  save_matmul_choices(*matmul_, dir / kMatmulChoicesFile);
 }
 
 template <typename T>
@@ -287,6 +318,7 @@ void QwenModel<T>::load_checkpoint(const std::filesystem::path& dir) {
     store->upload(host.data(), stream_);  // waits for everything that still reads the old values
   }
   weights_changed();
+  load_matmul_choices(*matmul_, dir / kMatmulChoicesFile);
 }
 
 template class QwenModel<float>;

@@ -52,6 +52,8 @@ struct QwenModelOptions {
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
   bool use_cuda_graphs = false;  // replay each micro-step's kernels as a CUDA graph (see qwen_step.cpp)
+  // Time cuBLASLt's candidate algorithms per GEMM on first use (matmul.h); checkpoints keep the choice.
+  bool autotune_matmuls = false;
   // Sizing only (plan_qwen_memory): allocations are recorded, never backed by memory, never touched.
   bool plan_only = false;
 };
@@ -74,6 +76,7 @@ namespace kernels {
 class MatmulContext;
 class AttentionContext;
 struct AdamWConfig;
+struct AdamWPiece;
 }  // namespace kernels
 class ParamStore;
 class LayerStreamer;
@@ -156,11 +159,11 @@ class QwenModel final : public Model {
   void finish_layer_grads(int l, int micro_step);
   // Sum of squares of parameter `param`'s gradient into its global-norm slot.
   void gradient_norm_partial(int param);
-  // AdamW on flat elements [begin, end) of parameter `param`; `at` holds device-accessible
-  // addresses of element `begin` of the weights, gradients, Adam m and Adam v.
+  // AdamW on the pieces of parameters in one chunk; `at` holds device-accessible addresses of the
+  // chunk's first element of the weights, gradients, Adam m and Adam v.
   using StatePointers = std::array<void*, 4>;
-  void apply_adamw(int param, std::int64_t begin, std::int64_t end, const StatePointers& at,
-                   const kernels::AdamWConfig& config, const float* clip_scale);
+  void apply_adamw(const std::vector<kernels::AdamWPiece>& pieces, const StatePointers& at,
+                   const kernels::AdamWConfig& shared, const float* clip_scale);
   void write_hf_tensors(const ParamStore& flat, const std::filesystem::path& file, bool as_fp32) const;
 
   void make_state_stores();

@@ -25,16 +25,12 @@ namespace llmq {
 namespace k = kernels;
 
 template <typename T>
-void QwenModel<T>::apply_adamw(int param, std::int64_t begin, std::int64_t end, const StatePointers& at,
-                               const kernels::AdamWConfig& config, const float* clip_scale) {
-  const ParamSpec& p = layout_[param];
-  k::AdamWConfig piece = config;
-  piece.index_offset = static_cast<std::uint64_t>(begin - p.offset);
-  const std::size_t n = static_cast<std::size_t>(end - begin);
+void QwenModel<T>::apply_adamw(const std::vector<k::AdamWPiece>& pieces, const StatePointers& at,
+                               const k::AdamWConfig& shared, const float* clip_scale) {
   T* w = static_cast<T*>(at[0]);
   const T* g = static_cast<const T*>(at[1]);
   auto run = [&](auto* m_typed, auto* v_typed) {
-    k::adamw_update(w, g, m_typed, v_typed, n, piece, clip_scale, nullptr, stream_);
+    k::adamw_update_multi(w, g, m_typed, v_typed, pieces, shared, clip_scale, stream_);
   };
   const bool m32 = adam_m_->dtype() == DType::FP32, v32 = adam_v_->dtype() == DType::FP32;
   auto* m_f = static_cast<float*>(at[2]);
@@ -59,31 +55,31 @@ StepResult QwenModel<T>::optimizer_step(const AdamWSettings& s, int step) {
     if (!grads_->offloaded(param)) gradient_norm_partial(param);
   k::global_norm_finish(partials, num_params, s.grad_clip, stats + 0, stats + 1, stream_);
 
-  std::vector<k::AdamWConfig> configs(params.size());
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    k::AdamWConfig& config = configs[i];
-    config.lr = s.learning_rate;
-    config.beta1 = s.beta1;
-    config.beta2 = s.beta2;
-    config.eps = s.epsilon;
-    config.weight_decay = params[i].weight_decay ? s.weight_decay : 0.f;
-    config.step = step;
-    config.seed = param_seed(opts_.seed ^ (static_cast<std::uint64_t>(step) << 32), i);
-  }
+  k::AdamWConfig shared;
+  shared.lr = s.learning_rate;
+  shared.beta1 = s.beta1;
+  shared.beta2 = s.beta2;
+  shared.eps = s.epsilon;
+  shared.step = step;
+  const std::uint64_t step_seed = opts_.seed ^ (static_cast<std::uint64_t>(step) << 32);
   // Parameters lie in the flat buffer in index order; `first` is the first one not wholly before the chunk.
+  // Each chunk is one multi-tensor update of the pieces of the parameters it holds.
   std::size_t first = 0;
-  const ParamStore* stores[] = {weights_.get(), grads_.get(), adam_m_.get(), adam_v_.get()};
+  std::vector<k::AdamWPiece> pieces;
   state_->for_each_chunk(stream_, [&](std::int64_t begin, std::int64_t end, const std::vector<void*>& chunk) {
     while (first < params.size() && params[first].offset + params[first].numel() <= begin) ++first;
+    pieces.clear();
     for (std::size_t i = first; i < params.size() && params[i].offset < end; ++i) {
       const std::int64_t lo = std::max(begin, params[i].offset);
       const std::int64_t hi = std::min(end, params[i].offset + params[i].numel());
       if (lo >= hi) continue;
-      StatePointers at{};
-      for (int r = 0; r < 4; ++r)
-        at[r] = static_cast<std::byte*>(chunk[r]) + (lo - begin) * static_cast<std::int64_t>(dtype_size(stores[r]->dtype()));
-      apply_adamw(static_cast<int>(i), lo, hi, at, configs[i], stats + 1);
+      pieces.push_back({.begin = lo - begin,
+                        .n = static_cast<std::uint64_t>(hi - lo),
+                        .index_offset = static_cast<std::uint64_t>(lo - params[i].offset),
+                        .seed = param_seed(step_seed, i),
+                        .weight_decay = params[i].weight_decay ? s.weight_decay : 0.f});
     }
+    apply_adamw(pieces, {chunk[0], chunk[1], chunk[2], chunk[3]}, shared, stats + 1);
   });
   // Offloaded gradients are not cleared: the next step's first micro-step overwrites them.
   if (const Tensor& g = grads_->device_part(); !g.empty())

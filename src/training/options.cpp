@@ -260,6 +260,9 @@ void add_execution_options(CLI::App& app, TrainOptions& o) {
        "Replay each micro-step's kernels as a CUDA graph")
       ->group(g);
   flag(app, "--custom-matmul", o.custom_matmul, "Use llmq's own matmul kernel instead of cuBLASLt")->group(g);
+  flag(app, "--autotune-matmuls,!--no-autotune-matmuls", o.autotune_matmuls,
+       "Time cuBLASLt's top algorithms per matmul shape at the first step (off: fresh runs repeat bit for bit)")
+      ->group(g);
 }
 
 // Appends "(not implemented yet)" to the help of flags whose feature this build lacks.
@@ -572,6 +575,7 @@ std::vector<std::pair<std::string, nlohmann::json>> option_entries(const TrainOp
       {"write-combined", o.write_combined},
       {"use-cuda-graphs", o.use_cuda_graphs},
       {"custom-matmul", o.custom_matmul},
+      {"autotune-matmuls", o.autotune_matmuls},
       {"memory-limit", opt_bytes(o.memory_limit)},
       {"auto-fit", o.auto_fit},
   };

@@ -113,6 +113,7 @@ struct TrainOptions {
   // Execution
   bool use_cuda_graphs = false;  // off as in the seed: re-capturing every micro-step measured 2% slower
   bool custom_matmul = false;
+  bool autotune_matmuls = true;  // ours: time cuBLASLt's top algorithms per GEMM on first use
   std::optional<std::size_t> memory_limit;  // ours: device-memory budget in bytes
   bool auto_fit = false;                    // ours: pick batch/recompute to fit memory_limit
 };

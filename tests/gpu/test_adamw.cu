@@ -1,9 +1,12 @@
 // AdamW (src/kernels/adamw.cu) against a double CPU loop that mirrors the head comment, for fp32
 // and bf16 storage of params / grads / m / v; stochastic rounding checked for unbiasedness and
 // bit-reproducibility (also when a tensor is updated in slices); the bf16 copy of fp32 master
-// weights checked bit-exactly.
+// weights checked bit-exactly. adamw_update_multi (pieces of tensors in flat arrays) checked
+// bit-exactly against one adamw_update per piece, with poisoned padding that must stay untouched.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <type_traits>
 #include <vector>
 
@@ -293,6 +296,247 @@ TEST(AdamW, RejectsBadArguments) {
                Error);
   c.index_offset = 0xFFFFFFFFull - 8;  // slice [2^32 - 9, 2^32 + 7) reaches past the 32-bit hash index
   EXPECT_THROW(kernels::adamw_update(buf.get(), g, buf.get(), buf.get(), 16, c, nullptr, nullptr, nullptr), Error);
+}
+
+// ---- adamw_update_multi: pieces of tensors in flat arrays --------------------------------------------
+
+using kernels::AdamWPiece;
+
+// `count` pieces laid out like the optimizer's flat buffers: each starts at a 128-element boundary,
+// some moved 1, 4 or 5 elements off it (so bf16 and/or fp32 16-byte vectors do not fit and the
+// element path runs), with poisonable padding after every piece. Sizes include 1 and many that are
+// not multiples of 8 (tail groups); every fourth piece is a slice of a tensor (index_offset > 0);
+// weight decay is 0 for every third piece; one extra piece is empty. Returned shuffled, so not in
+// ascending order. `total` receives the array length.
+std::vector<AdamWPiece> flat_layout(int count, std::size_t& total) {
+  const std::uint64_t sizes[] = {1, 3, 7, 8, 9, 16, 17, 31, 100, 127, 128, 129, 1000, 2053, 4099, 20011};
+  const std::size_t shifts[] = {0, 0, 1, 4, 5, 0};
+  std::vector<AdamWPiece> pieces;
+  std::size_t cursor = 0;
+  for (int i = 0; i < count; ++i) {
+    const std::size_t begin = (cursor + 127) / 128 * 128 + shifts[i % 6];
+    AdamWPiece piece;
+    piece.begin = static_cast<std::int64_t>(begin);
+    piece.n = sizes[i % 16];
+    piece.index_offset = i % 4 == 3 ? 1000 + 13 * i : 0;
+    piece.seed = 7919u * static_cast<std::uint32_t>(i) + 1;
+    piece.weight_decay = i % 3 == 0 ? 0.f : 0.1f;
+    pieces.push_back(piece);
+    cursor = begin + piece.n + 1 + (i % 3) * 5;  // at least one padding element after every piece
+  }
+  pieces.push_back(AdamWPiece{static_cast<std::int64_t>(cursor), 0, 0, 5, 0.1f});
+  total = cursor + 64;
+  std::shuffle(pieces.begin(), pieces.end(), std::mt19937(17));
+  return pieces;
+}
+
+// inside[i]: element i belongs to a piece.
+std::vector<bool> piece_mask(const std::vector<AdamWPiece>& pieces, std::size_t total) {
+  std::vector<bool> inside(total, false);
+  for (const AdamWPiece& piece : pieces)
+    for (std::uint64_t i = 0; i < piece.n; ++i) inside[piece.begin + i] = true;
+  return inside;
+}
+
+// Values of type T: `values` inside the pieces, 0xFF bytes (NaN) in the padding.
+template <typename T>
+std::vector<T> poison_padding(const std::vector<float>& values, const std::vector<bool>& inside) {
+  std::vector<T> out = as_device_type<T>(values);
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (!inside[i]) std::memset(&out[i], 0xFF, sizeof(T));
+  return out;
+}
+
+// Initial flat params / grads / moments on the host (random in the pieces, poisoned padding).
+template <typename TP, typename TG, typename TM, typename TV>
+struct FlatHostState {
+  FlatHostState(std::size_t total, const std::vector<bool>& inside, std::uint64_t seed)
+      : p(poison_padding<TP>(random_floats(total, seed, -1.f, 1.f), inside)),
+        g(poison_padding<TG>(random_normal(total, seed + 1, 0.02f), inside)),
+        m(poison_padding<TM>(random_normal(total, seed + 2, 0.001f), inside)),
+        v(poison_padding<TV>(random_floats(total, seed + 3, 1e-5f, 1e-4f), inside)) {}
+  std::vector<TP> p;
+  std::vector<TG> g;
+  std::vector<TM> m;
+  std::vector<TV> v;
+};
+
+// A device copy of a FlatHostState, updated either by adamw_update_multi or by one adamw_update per piece.
+template <typename TP, typename TG, typename TM, typename TV>
+struct FlatDeviceState {
+  explicit FlatDeviceState(const FlatHostState<TP, TG, TM, TV>& host) : p(host.p), g(host.g), m(host.m), v(host.v) {}
+  DeviceBuffer<TP> p;
+  DeviceBuffer<TG> g;
+  DeviceBuffer<TM> m;
+  DeviceBuffer<TV> v;
+
+  void update_multi(const std::vector<AdamWPiece>& pieces, const AdamWConfig& shared, const float* scale) {
+    kernels::adamw_update_multi(p.get(), static_cast<const TG*>(g.get()), m.get(), v.get(), pieces, shared, scale,
+                                nullptr);
+  }
+  void update_per_piece(const std::vector<AdamWPiece>& pieces, const AdamWConfig& shared, const float* scale) {
+    for (const AdamWPiece& piece : pieces) {
+      AdamWConfig c = shared;
+      c.weight_decay = piece.weight_decay;
+      c.seed = piece.seed;
+      c.index_offset = piece.index_offset;
+      const std::int64_t b = piece.begin;
+      kernels::adamw_update(p.get() + b, static_cast<const TG*>(g.get() + b), m.get() + b, v.get() + b, piece.n, c,
+                            scale, nullptr, nullptr);
+    }
+  }
+};
+
+// Shared hyper-parameters; weight_decay, seed and index_offset are set to values that adamw_update_multi
+// must ignore (the per-piece reference replaces them), so using them by mistake changes the bits.
+AdamWConfig shared_config() {
+  AdamWConfig c = test_config();
+  c.step = 3;
+  c.weight_decay = 0.5f;
+  c.seed = 999;
+  c.index_offset = 77;
+  return c;
+}
+
+// Elements outside the pieces whose bytes differ between `after` and `before`.
+template <typename T>
+std::size_t padding_changes(const std::vector<T>& after, const std::vector<T>& before,
+                            const std::vector<bool>& inside) {
+  std::size_t changed = 0;
+  for (std::size_t i = 0; i < after.size(); ++i)
+    if (!inside[i]) changed += std::memcmp(&after[i], &before[i], sizeof(T)) != 0;
+  return changed;
+}
+
+// adamw_update_multi over flat_layout(count) gives the bits of per-piece adamw_update, leaves the
+// padding and the gradients untouched, and really updates the pieces.
+template <typename TP, typename TG, typename TM, typename TV>
+void check_multi_matches_per_piece(int count) {
+  std::size_t total = 0;
+  const std::vector<AdamWPiece> pieces = flat_layout(count, total);
+  const std::vector<bool> inside = piece_mask(pieces, total);
+  const FlatHostState<TP, TG, TM, TV> host(total, inside, 31);
+  FlatDeviceState<TP, TG, TM, TV> multi(host), per_piece(host);
+  DeviceBuffer<float> scale(std::vector<float>{0.7f});
+  multi.update_multi(pieces, shared_config(), scale.get());
+  per_piece.update_per_piece(pieces, shared_config(), scale.get());
+  sync_and_check();
+
+  const auto p = multi.p.download();
+  const auto m = multi.m.download();
+  const auto v = multi.v.download();
+  EXPECT_TRUE(same_bits(p, per_piece.p.download())) << "params differ from per-piece adamw_update";
+  EXPECT_TRUE(same_bits(m, per_piece.m.download())) << "m differs from per-piece adamw_update";
+  EXPECT_TRUE(same_bits(v, per_piece.v.download())) << "v differs from per-piece adamw_update";
+  EXPECT_TRUE(same_bits(multi.g.download(), host.g)) << "gradients must stay unchanged";
+  EXPECT_EQ(padding_changes(p, host.p, inside), 0u) << "params padding touched";
+  EXPECT_EQ(padding_changes(m, host.m, inside), 0u) << "m padding touched";
+  EXPECT_EQ(padding_changes(v, host.v, inside), 0u) << "v padding touched";
+  // Both paths doing nothing would also agree: m (0.9 m + 0.1 g, |g| >> |m|) must change almost everywhere.
+  const auto inside_count = static_cast<std::size_t>(std::count(inside.begin(), inside.end(), true));
+  std::size_t m_changed = 0;
+  for (std::size_t i = 0; i < total; ++i)
+    if (inside[i]) m_changed += std::memcmp(&m[i], &host.m[i], sizeof(TM)) != 0;
+  EXPECT_GT(m_changed, inside_count * 9 / 10);
+}
+
+// 150 pieces: three launches of up to 64.
+TEST(AdamWMulti, Fp32MatchesPerPieceBitExactly) { check_multi_matches_per_piece<float, float, float, float>(150); }
+TEST(AdamWMulti, AllBf16MatchesPerPieceBitExactly) {
+  check_multi_matches_per_piece<nv_bfloat16, nv_bfloat16, nv_bfloat16, nv_bfloat16>(150);
+}
+TEST(AdamWMulti, MixedTypesMatchPerPieceBitExactly) {
+  check_multi_matches_per_piece<float, nv_bfloat16, nv_bfloat16, float>(150);
+}
+// Piece counts around the launch size: one piece, one partial launch, exactly one full launch, one more.
+TEST(AdamWMulti, LaunchBoundariesMatchPerPieceBitExactly) {
+  for (int count : {1, 5, 64, 65, 128, 129}) {
+    SCOPED_TRACE(count);
+    check_multi_matches_per_piece<nv_bfloat16, float, float, nv_bfloat16>(count);
+  }
+}
+
+// fp32 storage against the double reference (adamw_reference_step per piece with its weight decay):
+// relative L2 < kFp32Tol (1e-6) for params, m and v over all pieces.
+TEST(AdamWMulti, Fp32MatchesDouble) {
+  std::size_t total = 0;
+  const std::vector<AdamWPiece> pieces = flat_layout(70, total);
+  const std::vector<bool> inside = piece_mask(pieces, total);
+  const FlatHostState<float, float, float, float> host(total, inside, 41);
+  FlatDeviceState<float, float, float, float> state(host);
+  DeviceBuffer<float> scale(std::vector<float>{0.7f});
+  const AdamWConfig shared = shared_config();
+  state.update_multi(pieces, shared, scale.get());
+  sync_and_check();
+  const auto p = state.p.download(), m = state.m.download(), v = state.v.download();
+
+  std::vector<float> out_p, out_m, out_v;
+  std::vector<double> ref_p, ref_m, ref_v;
+  for (const AdamWPiece& piece : pieces) {
+    const auto b = static_cast<std::size_t>(piece.begin), e = b + piece.n;
+    AdamState ref{{host.p.begin() + b, host.p.begin() + e}, {host.m.begin() + b, host.m.begin() + e},
+                  {host.v.begin() + b, host.v.begin() + e}};
+    AdamWConfig c = shared;
+    c.weight_decay = piece.weight_decay;
+    adamw_reference_step(ref, std::vector<float>(host.g.begin() + b, host.g.begin() + e), 0.7, c);
+    out_p.insert(out_p.end(), p.begin() + b, p.begin() + e);
+    out_m.insert(out_m.end(), m.begin() + b, m.begin() + e);
+    out_v.insert(out_v.end(), v.begin() + b, v.begin() + e);
+    ref_p.insert(ref_p.end(), ref.p.begin(), ref.p.end());
+    ref_m.insert(ref_m.end(), ref.m.begin(), ref.m.end());
+    ref_v.insert(ref_v.end(), ref.v.begin(), ref.v.end());
+  }
+  EXPECT_LT(rel_l2(out_p, ref_p), kFp32Tol);
+  EXPECT_LT(rel_l2(out_m, ref_m), kFp32Tol);
+  EXPECT_LT(rel_l2(out_v, ref_v), kFp32Tol);
+}
+
+// No pieces, or only empty ones: nothing is written (and null pointers are accepted).
+TEST(AdamWMulti, ZeroPiecesTouchNothing) {
+  const std::size_t total = 1000;
+  const std::vector<bool> inside(total, true);
+  const FlatHostState<nv_bfloat16, nv_bfloat16, float, float> host(total, inside, 51);
+  FlatDeviceState<nv_bfloat16, nv_bfloat16, float, float> state(host);
+  state.update_multi({}, shared_config(), nullptr);
+  state.update_multi({AdamWPiece{0, 0, 0, 1, 0.1f}, AdamWPiece{500, 0, 0, 2, 0.f}}, shared_config(), nullptr);
+  sync_and_check();
+  EXPECT_TRUE(same_bits(state.p.download(), host.p));
+  EXPECT_TRUE(same_bits(state.m.download(), host.m));
+  EXPECT_TRUE(same_bits(state.v.download(), host.v));
+  EXPECT_NO_THROW(kernels::adamw_update_multi(static_cast<float*>(nullptr), static_cast<const float*>(nullptr),
+                                              static_cast<float*>(nullptr), static_cast<float*>(nullptr), {},
+                                              shared_config(), nullptr, nullptr));
+}
+
+// Every bad piece list throws before anything is launched: the arrays stay unchanged.
+TEST(AdamWMulti, RejectsBadPieces) {
+  const std::size_t total = 256;
+  const std::vector<bool> inside(total, true);
+  const FlatHostState<float, float, float, float> host(total, inside, 61);
+  FlatDeviceState<float, float, float, float> state(host);
+  const AdamWConfig c = shared_config();
+  const AdamWPiece good{0, 64, 0, 1, 0.1f};
+  auto multi = [&](const std::vector<AdamWPiece>& pieces, const AdamWConfig& config) {
+    state.update_multi(pieces, config, nullptr);
+  };
+  expect_error([&] { multi({good, AdamWPiece{64, 16, 0xFFFFFFFFull - 8, 2, 0.f}}, c); }, "2^32");
+  expect_error([&] { multi({good, AdamWPiece{64, std::uint64_t{1} << 33, 0, 2, 0.f}}, c); }, "2^32");
+  expect_error([&] { multi({good, AdamWPiece{32, 64, 0, 2, 0.f}}, c); }, "overlap");
+  expect_error([&] { multi({good, AdamWPiece{-8, 4, 0, 2, 0.f}}, c); }, "begins at element -8");
+  expect_error([&] { multi({good, AdamWPiece{64, 16, 0, 2, NAN}}, c); }, "weight decay");
+  AdamWConfig step0 = c;
+  step0.step = 0;
+  expect_error([&] { multi({good}, step0); }, "step 0");
+  expect_error(
+      [&] {
+        kernels::adamw_update_multi(state.p.get(), static_cast<const float*>(nullptr), state.m.get(), state.v.get(),
+                                    {good}, c, nullptr, nullptr);
+      },
+      "null");
+  sync_and_check();
+  EXPECT_TRUE(same_bits(state.p.download(), host.p));
+  EXPECT_TRUE(same_bits(state.m.download(), host.m));
+  EXPECT_TRUE(same_bits(state.v.download(), host.v));
 }
 
 }  // namespace

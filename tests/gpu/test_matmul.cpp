@@ -5,6 +5,7 @@
 // 1e-2 (the final rounding to bf16 alone gives about 2e-3).
 // Sizes are deliberately not multiples of 16 (or of 8 for M).
 #include <cstddef>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -185,6 +186,61 @@ TEST_F(MatmulTest, AlgorithmCacheReusesPlans) {
   EXPECT_EQ(ctx_->cached_problems(), after_first);
   run_fp32({37, 40, 24, false, false}, 1.f, false, false, 820);
   EXPECT_EQ(ctx_->cached_problems(), after_first + 1);
+}
+
+// Autotune times the candidates on the call's own buffers; the call must still compute exactly its
+// result: an accumulating call's output is restored before the real call (were it not, the timed
+// runs would have added alpha * a @ b six more times).
+TEST_F(MatmulTest, AutotunedCallsMatchReference) {
+  ctx_->set_autotune(true);
+  const Problem grad{256, 384, 512, true, false};  // dW += dy^T @ x, big enough for several candidates
+  EXPECT_LT(run_bf16(grad, DType::BF16, 0.5f, /*accumulate=*/true, false, 900), kTolBf16Out);
+  EXPECT_LT(run_bf16(grad, DType::FP32, 1.f, true, false, 910), kTolFp32);
+  EXPECT_LT(run_bf16({256, 384, 512, false, true}, DType::BF16, 1.f, false, true, 920), kTolBf16Out);
+  EXPECT_LT(run_fp32({67, 131, 515, false, true}, 1.f, true, true, 930), kTolFp32);
+  EXPECT_EQ(ctx_->choices().size(), 4u);
+}
+
+// bf16 out = a @ b^T of random inputs, poisoned output first.
+std::vector<__nv_bfloat16> bf16_product(MatmulContext& ctx, const Problem& p, std::uint64_t seed) {
+  DeviceBuffer<__nv_bfloat16> a(to_bf16(random_floats(static_cast<std::size_t>(p.M) * p.K, seed))),
+      b(to_bf16(random_floats(static_cast<std::size_t>(p.K) * p.N, seed + 1))),
+      out(static_cast<std::size_t>(p.M) * p.N);
+  out.poison();
+  kernels::matmul(ctx, out.get(), DType::BF16, a.get(), b.get(), DType::BF16, p.M, p.N, p.K, p.trans_a, p.trans_b,
+                  1.f, false, nullptr, nullptr);
+  sync_and_check();
+  return out.download();
+}
+
+// What a resumed run relies on: another context given the first one's choices computes the same bits.
+TEST_F(MatmulTest, PresetChoicesReplayBitForBit) {
+  ctx_->set_autotune(true);
+  const Problem p{512, 768, 1024, false, true};
+  const auto tuned = bf16_product(*ctx_, p, 1000);
+  const auto choices = ctx_->choices();
+  ASSERT_EQ(choices.size(), 1u);
+
+  MatmulContext replay(workspace_->get(), workspace_->size());
+  replay.preset_choices(choices);
+  const auto replayed = bf16_product(replay, p, 1000);
+  EXPECT_EQ(replay.choices(), choices);
+  ASSERT_EQ(tuned.size(), replayed.size());
+  EXPECT_EQ(0, std::memcmp(tuned.data(), replayed.data(), tuned.size() * sizeof(__nv_bfloat16)));
+}
+
+// A preset naming a candidate the heuristic does not have (another cuBLASLt) falls back to its first.
+TEST_F(MatmulTest, PresetOutOfRangeFallsBackToHeuristic) {
+  const Problem p{64, 128, 256, false, true};
+  bf16_product(*ctx_, p, 1100);
+  auto choices = ctx_->choices();
+  ASSERT_EQ(choices.size(), 1u);
+  for (auto& [problem, index] : choices) index = 1000;
+  MatmulContext other(workspace_->get(), workspace_->size());
+  other.preset_choices(choices);
+  bf16_product(other, p, 1100);
+  EXPECT_EQ(other.choices().begin()->second, 0);
+  EXPECT_FALSE(MatmulContext::environment().empty());
 }
 
 // The three matmuls of a linear layer through the Tensor-level wrapper, with 3-D activations.

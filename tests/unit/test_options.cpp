@@ -115,6 +115,9 @@ TEST(Options, AliasesSetTheSameField) {
   EXPECT_TRUE(parse({"--use-write-combined"}).write_combined);
   EXPECT_FALSE(parse({"--no-use-cuda-graphs"}).use_cuda_graphs);
   EXPECT_TRUE(parse({"--use-cuda-graphs"}).use_cuda_graphs);
+  EXPECT_TRUE(parse({}).autotune_matmuls);  // ours, on by default
+  EXPECT_FALSE(parse({"--no-autotune-matmuls"}).autotune_matmuls);
+  EXPECT_FALSE(parse({"--autotune-matmuls=false"}).autotune_matmuls);
   EXPECT_FALSE(parse({"--no-save-training-state"}).save_training_state);
   EXPECT_EQ(parse({"--batch", "8", "--batch", "2"}).batch_size, 2);  // last one wins
 }
