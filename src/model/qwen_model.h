@@ -52,6 +52,9 @@ struct QwenModelOptions {
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
   bool use_cuda_graphs = false;  // replay each micro-step's kernels as a CUDA graph (see qwen_step.cpp)
+  // FP8 without recomputation or offloading: the forward keeps x^T e4m3 for the weight gradient
+  // (fp8_linear.h); false re-quantizes x in the backward instead (less memory, slower).
+  bool keep_fp8_input_transposes = true;
   // Time cuBLASLt's candidate algorithms per GEMM on first use (matmul.h); checkpoints keep the choice.
   bool autotune_matmuls = false;
   // Sizing only (plan_qwen_memory): allocations are recorded, never backed by memory, never touched.
