@@ -45,15 +45,19 @@ from bench_table import first_error_line, format_tps, markdown_report, summarize
 REPO = Path(__file__).resolve().parent.parent
 
 # Micro-batch, gradient accumulation and extra train flags per model for one 80 GB H100 at seq 1024,
-# no recomputation. Device memory (bf16 weights + bf16 gradients + Adam moments + activations, estimated
-# from src/model/run_state.cpp): 0.5B B=32 ~47 GiB; 1.5B B=16 ~56 GiB; 3B B=8 ~64 GiB; 7B does not fit
-# with fp32 Adam moments (85 GiB of weights, gradients and moments), so it keeps them in bf16: B=2 ~67 GiB.
-# Accumulation keeps the optimizer step a small share of a step for the larger models.
+# no recomputation. Device memory (llmq's allocator, measured): 0.5B B=32 47 GiB; 1.5B B=16 55 GiB;
+# 3B B=8 63 GiB; 7B does not fit with fp32 Adam moments (85 GiB of weights, gradients and moments), so
+# it keeps them in bf16: B=4 76 GiB. A dtype key overrides entries for that matmul dtype: 7B FP8 adds
+# 6 GiB of e4m3 weight copies, so it runs B=2 and recomputes SwiGLU (77 GiB; what --auto-fit picks
+# for --memory-limit=78GiB). Accumulation keeps the optimizer step a small share of a step for the
+# larger models.
 MODEL_DEFAULTS = {
     "Qwen2.5-0.5B": {"batch": 32, "accum": 1, "flags": []},
     "Qwen2.5-1.5B": {"batch": 16, "accum": 1, "flags": []},
     "Qwen2.5-3B": {"batch": 8, "accum": 2, "flags": []},
-    "Qwen2.5-7B": {"batch": 2, "accum": 8, "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"]},
+    "Qwen2.5-7B": {"batch": 4, "accum": 4, "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"],
+                   "e4m3": {"batch": 2, "accum": 8,
+                            "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16", "--recompute-swiglu"]}},
 }
 FALLBACK_DEFAULT = {"batch": 4, "accum": 4, "flags": []}  # a model not in the table
 
@@ -106,9 +110,15 @@ def train_command(args, model, dtype, batch, accum, flags, run_dir, token_file):
     return cmd + flags + shlex.split(args.extra)
 
 
+def model_defaults(key, dtype):
+    """MODEL_DEFAULTS[key] with its entries for `dtype` (if any) applied."""
+    entry = MODEL_DEFAULTS.get(key, FALLBACK_DEFAULT)
+    return {**{k: v for k, v in entry.items() if k in FALLBACK_DEFAULT}, **entry.get(dtype, {})}
+
+
 def run_train(args, model, dtype, token_file, work_dir):
     key = model_key(model)
-    defaults = MODEL_DEFAULTS.get(key, FALLBACK_DEFAULT)
+    defaults = model_defaults(key, dtype)
     batch = args.batch.get(key, args.batch.get("*", defaults["batch"]))
     accum = args.accum.get(key, args.accum.get("*", defaults["accum"]))
     run_dir = Path(tempfile.mkdtemp(prefix=f"{key}-{dtype}-", dir=work_dir))

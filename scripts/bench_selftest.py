@@ -81,6 +81,11 @@ def self_test():
     check(allocator_device_total("[Allocator State]\n  Device total:  512.0 MiB\n") == 512 * 2**20, "MiB total")
     check(allocator_device_total("no table") is None, "no allocator table -> None")
 
+    # Per-dtype defaults override the model's own entries and add nothing else.
+    fp8_7b = bench.model_defaults("Qwen2.5-7B", "e4m3")
+    check(fp8_7b["batch"] == 2 and "--recompute-swiglu" in fp8_7b["flags"], f"7B e4m3 defaults, got {fp8_7b}")
+    check(set(bench.model_defaults("Qwen2.5-7B", "bf16")) == {"batch", "accum", "flags"}, "7B bf16 defaults keys")
+    check(bench.model_defaults("unknown", "bf16") == bench.FALLBACK_DEFAULT, "fallback defaults")
     # --batch / --accum syntax.
     check(bench.parse_per_model("16", "--batch") == {"*": 16}, "plain batch")
     check(bench.parse_per_model("Qwen/Qwen2.5-0.5B=8, Qwen2.5-7B=1", "--batch")

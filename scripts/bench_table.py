@@ -155,9 +155,11 @@ def markdown_report(rows, settings):
             f"llmq allocator (PyTorch: max_memory_allocated).")
     notes = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        flags = next(r["flags"] for r in rows if r["model"] == model)
-        if flags:
-            notes.append(f"{model}: {' '.join(flags)}")
+        runs = [r for r in rows if r["model"] == model]
+        for flags in dict.fromkeys(tuple(r["flags"]) for r in runs if r["flags"]):
+            dtypes = [r["dtype"] for r in runs if tuple(r["flags"]) == flags]
+            which = "" if len(dtypes) == len(runs) else f" ({', '.join(dtypes)})"
+            notes.append(f"{model}{which}: {' '.join(flags)}")
     text = head + "\n\n" + markdown_table(rows) + "\n"
     if notes:
         text += "\nExtra train flags: " + "; ".join(notes) + "\n"

@@ -3,6 +3,7 @@
 // Model interface; the concrete model comes from the factory train.cpp passes in.
 #include "training/trainer.h"
 
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -207,12 +208,16 @@ int Trainer::run() {
                       opts_.cooldown);
   lr_ = &schedule;
   for (int step = start_step_; step < steps; ++step) {
+    // The first step (plans, graphs, matmul autotuning) stays outside a profiler started with its
+    // collection off (ncu --profile-from-start off, nsys --capture-range=cudaProfilerApi).
+    if (step == start_step_ + 1) LLMQ_CUDA_CHECK(cudaProfilerStart());
     train_step(step);
     const int done = step + 1;
     if (eval_ && opts_.eval_every_n_steps > 0 && done % opts_.eval_every_n_steps == 0 && done < steps)
       evaluate(step, opts_.eval_num_steps);
     if (opts_.ckpt_interval > 0 && done % opts_.ckpt_interval == 0 && done < steps) save_checkpoint(done);
   }
+  if (steps > start_step_ + 1) LLMQ_CUDA_CHECK(cudaProfilerStop());
   if (eval_) evaluate(steps, /*max_batches=*/0);  // the final evaluation uses the whole eval set
   if (opts_.save_training_state && steps > start_step_) save_checkpoint(steps);
   model_->export_model(opts_.out_dir);
