@@ -133,21 +133,18 @@ class MatmulPlan {
             void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
     if (candidates_.size() < 2) return;
     const std::size_t out_bytes = static_cast<std::size_t>(key.M) * key.N * dtype_size(key.out_dtype);
-    void* saved = nullptr;
-    if (accumulate && cudaMalloc(&saved, out_bytes) != cudaSuccess) {
+    ScratchCopy saved;
+    if (accumulate && cudaMalloc(&saved.data, out_bytes) != cudaSuccess) {
       (void)cudaGetLastError();  // no room: the heuristic's choice stands
       return;
     }
-    if (saved) LLMQ_CUDA_CHECK(cudaMemcpyAsync(saved, ops.out, out_bytes, cudaMemcpyDeviceToDevice, stream));
+    if (saved.data) LLMQ_CUDA_CHECK(cudaMemcpyAsync(saved.data, ops.out, out_bytes, cudaMemcpyDeviceToDevice, stream));
     if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
     if (fp8_) set_scale_pointers(ops);
     const std::vector<float> ms = time_candidates(handle, ops, alpha, accumulate ? 1.f : 0.f, workspace,
                                                   workspace_bytes, stream);
-    if (saved) {
-      LLMQ_CUDA_CHECK(cudaMemcpyAsync(ops.out, saved, out_bytes, cudaMemcpyDeviceToDevice, stream));
-      LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));
-      LLMQ_CUDA_CHECK(cudaFree(saved));
-    }
+    if (saved.data) LLMQ_CUDA_CHECK(cudaMemcpyAsync(ops.out, saved.data, out_bytes, cudaMemcpyDeviceToDevice, stream));
+    LLMQ_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the copy is freed
     int best = 0;
     for (int i = 1; i < static_cast<int>(ms.size()); ++i)
       if (ms[i] >= 0 && (ms[best] < 0 || ms[i] < ms[best])) best = i;
@@ -155,7 +152,7 @@ class MatmulPlan {
   }
 
  private:
-  static constexpr int kMaxCandidates = 8;  // candidates timed by tune()
+  static constexpr int kMaxCandidates = 8;  // candidates timed by tune() (16 measured no faster)
   static constexpr int kTimedRuns = 5;
   bool fp8_;
   std::vector<cublasLtMatmulHeuristicResult_t> candidates_;  // the heuristic's ranking, best first
@@ -172,25 +169,40 @@ class MatmulPlan {
                           ops.out, layout_out_, &algo, workspace, workspace_bytes, stream);
   }
 
+  // A device buffer and two events that are released however tune() is left.
+  struct ScratchCopy {
+    void* data = nullptr;
+    ~ScratchCopy() {
+      if (data) cudaFree(data);
+    }
+  };
+  struct EventPair {
+    cudaEvent_t start = nullptr, stop = nullptr;
+    EventPair() {
+      LLMQ_CUDA_CHECK(cudaEventCreate(&start));
+      LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
+    }
+    ~EventPair() {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+    }
+  };
+
   // Milliseconds for kTimedRuns calls of each candidate (after one warm-up call); -1 where it fails.
   std::vector<float> time_candidates(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, float beta,
                                      void* workspace, std::size_t workspace_bytes, cudaStream_t stream) {
     std::vector<float> ms(candidates_.size(), -1.f);
-    cudaEvent_t start = nullptr, stop = nullptr;
-    LLMQ_CUDA_CHECK(cudaEventCreate(&start));
-    LLMQ_CUDA_CHECK(cudaEventCreate(&stop));
+    EventPair events;
     for (std::size_t i = 0; i < candidates_.size(); ++i) {
       const cublasLtMatmulAlgo_t& algo = candidates_[i].algo;
       if (launch(handle, ops, alpha, beta, algo, workspace, workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS) continue;
-      LLMQ_CUDA_CHECK(cudaEventRecord(start, stream));
+      LLMQ_CUDA_CHECK(cudaEventRecord(events.start, stream));
       for (int run = 0; run < kTimedRuns; ++run)
         LLMQ_CUBLAS_CHECK(launch(handle, ops, alpha, beta, algo, workspace, workspace_bytes, stream));
-      LLMQ_CUDA_CHECK(cudaEventRecord(stop, stream));
-      LLMQ_CUDA_CHECK(cudaEventSynchronize(stop));
-      LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms[i], start, stop));
+      LLMQ_CUDA_CHECK(cudaEventRecord(events.stop, stream));
+      LLMQ_CUDA_CHECK(cudaEventSynchronize(events.stop));
+      LLMQ_CUDA_CHECK(cudaEventElapsedTime(&ms[i], events.start, events.stop));
     }
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
     return ms;
   }
 
