@@ -110,16 +110,14 @@ class MatmulPlan {
 
   void run(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, bool accumulate, void* workspace,
            std::size_t workspace_bytes, cudaStream_t stream) {
-    if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
-    if (fp8_) set_scale_pointers(ops);
+    bind_pointers(ops);
     const float beta = accumulate ? 1.f : 0.f;
-    LLMQ_CUBLAS_CHECK(launch(handle, ops, alpha, beta, algo_, workspace, workspace_bytes, stream));
+    LLMQ_CUBLAS_CHECK(launch(handle, ops, alpha, beta, candidates_[chosen_].algo, workspace, workspace_bytes, stream));
   }
 
   // Takes the heuristic's candidate `index` (0 = its first choice); false if it has no such candidate.
   bool choose(int index) {
     if (index < 0 || index >= static_cast<int>(candidates_.size())) return false;
-    algo_ = candidates_[index].algo;
     chosen_ = index;
     return true;
   }
@@ -139,8 +137,7 @@ class MatmulPlan {
       return;
     }
     if (saved.data) LLMQ_CUDA_CHECK(cudaMemcpyAsync(saved.data, ops.out, out_bytes, cudaMemcpyDeviceToDevice, stream));
-    if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
-    if (fp8_) set_scale_pointers(ops);
+    bind_pointers(ops);
     const std::vector<float> ms = time_candidates(handle, ops, alpha, accumulate ? 1.f : 0.f, workspace,
                                                   workspace_bytes, stream);
     if (saved.data) LLMQ_CUDA_CHECK(cudaMemcpyAsync(ops.out, saved.data, out_bytes, cudaMemcpyDeviceToDevice, stream));
@@ -156,10 +153,15 @@ class MatmulPlan {
   static constexpr int kTimedRuns = 5;
   bool fp8_;
   std::vector<cublasLtMatmulHeuristicResult_t> candidates_;  // the heuristic's ranking, best first
-  int chosen_ = 0;                                            // index into candidates_ of algo_
+  int chosen_ = 0;                                            // index into candidates_ of the algorithm run
   cublasLtMatmulDesc_t op_ = nullptr;
   cublasLtMatrixLayout_t layout_a_ = nullptr, layout_b_ = nullptr, layout_out_ = nullptr;
-  cublasLtMatmulAlgo_t algo_{};
+
+  // The pointers the descriptor holds besides the operands: the bias and (FP8) the scales.
+  void bind_pointers(const MatmulOperands& ops) {
+    if (ops.bias) set_attribute(CUBLASLT_MATMUL_DESC_BIAS_POINTER, ops.bias);
+    if (fp8_) set_scale_pointers(ops);
+  }
 
   cublasStatus_t launch(cublasLtHandle_t handle, const MatmulOperands& ops, float alpha, float beta,
                         const cublasLtMatmulAlgo_t& algo, void* workspace, std::size_t workspace_bytes,
@@ -253,7 +255,6 @@ class MatmulPlan {
   void choose_algorithm(cublasLtHandle_t handle, const ProblemKey& k, std::size_t workspace_bytes) {
     cublasLtMatmulPreference_t pref = nullptr;
     LLMQ_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
     cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
     try {
@@ -267,7 +268,6 @@ class MatmulPlan {
       status = cublasLtMatmulAlgoGetHeuristic(handle, op_, layout_a_, layout_b_, layout_out_, layout_out_, pref,
                                               kMaxCandidates, candidates_.data(), &found);
       candidates_.resize(status == CUBLAS_STATUS_SUCCESS ? found : 0);
-      if (found > 0) result = candidates_[0];
     } catch (...) {
       cublasLtMatmulPreferenceDestroy(pref);
       throw;
@@ -278,10 +278,9 @@ class MatmulPlan {
                                     "use bf16"
                                   : "bf16 matmuls need K and N (and M when trans_a) to be multiples of 8 on some GPUs "
                                     "and buffers aligned to 16 bytes: pad the dimensions or use fp32";
-    LLMQ_REQUIRE(status == CUBLAS_STATUS_SUCCESS && found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
+    LLMQ_REQUIRE(!candidates_.empty() && candidates_.front().state == CUBLAS_STATUS_SUCCESS,
                  "matmul {}: cuBLASLt has no algorithm for this problem (heuristic status {}, {} found). {}",
                  describe(k), static_cast<int>(status), found, rule);
-    algo_ = result.algo;
   }
 
   template <typename V>
