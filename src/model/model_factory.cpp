@@ -61,7 +61,7 @@ QwenModelOptions model_options(const TrainOptions& opts) {
 // Where that would not fit --memory-limit (or the free device memory, less a margin for the CUDA
 // libraries' own allocations), the backward re-quantizes x instead: slower, but the run starts.
 void fit_fp8_input_transposes(const ModelConfig& cfg, QwenModelOptions& m) {
-  if (m.matmul_dtype != DType::E4M3 || !m.keep_fp8_input_transposes) return;
+  if (!m.keeps_fp8_input_transposes()) return;
   constexpr std::size_t kLibraryMargin = std::size_t{512} << 20;
   std::size_t free = 0, total = 0;
   LLMQ_CUDA_CHECK(cudaMemGetInfo(&free, &total));
@@ -69,11 +69,9 @@ void fit_fp8_input_transposes(const ModelConfig& cfg, QwenModelOptions& m) {
   const MemoryPlan keep = plan_qwen_memory(cfg, m);
   if (keep.device_bytes <= budget) return;
   m.keep_fp8_input_transposes = false;
-  const MemoryPlan requantize = plan_qwen_memory(cfg, m);
-  if (requantize.device_bytes < keep.device_bytes)
-    fmt::print("FP8: the weight gradients re-quantize their inputs: keeping them from the forward would need "
-               "{:.2f} GiB of device memory, {:.2f} GiB are available\n", keep.device_bytes / 1073741824.0,
-               budget / 1073741824.0);
+  fmt::print("FP8: the weight gradients re-quantize their inputs: keeping them from the forward would need "
+             "{:.2f} GiB of device memory, {:.2f} GiB are available\n", keep.device_bytes / 1073741824.0,
+             budget / 1073741824.0);
 }
 }  // namespace
 

@@ -57,12 +57,8 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   if (opts.matmul_dtype == DType::E4M3) {
     LLMQ_REQUIRE((std::is_same_v<T, nv_bfloat16>), "--matmul-dtype=e4m3 needs --model-dtype=bf16");
     // Keeping every GEMM input's e4m3 x^T for the weight gradient saves a quantization pass per GEMM
-    // and costs N bytes per input feature and layer: only in the speed configuration (no recompute,
-    // no offload flag); memory-tight configurations re-quantize in the backward instead.
-    const bool keep_input_transposes = opts.keep_fp8_input_transposes && !opts.recompute.any() &&
-                                       !opts.offload_master && !opts.offload_gradients &&
-                                       !opts.offload_opt_m && !opts.offload_opt_v && !opts.offload_residual &&
-                                       !opts.offload_quants;
+    // and costs N bytes per input feature and layer.
+    const bool keep_input_transposes = opts.keeps_fp8_input_transposes();
     fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2,
                                        /*transpose_per_use=*/opts.offload_master, keep_input_transposes,
                                        /*offload_weights=*/opts.offload_quants);

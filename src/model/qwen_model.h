@@ -59,6 +59,15 @@ struct QwenModelOptions {
   bool autotune_matmuls = false;
   // Sizing only (plan_qwen_memory): allocations are recorded, never backed by memory, never touched.
   bool plan_only = false;
+
+  // Whether the FP8 forward keeps x^T: keep_fp8_input_transposes in the speed configuration (e4m3 with
+  // FP8 weight gradients, B*T a multiple of 16, no recompute, no offload flag); memory-tight
+  // configurations re-quantize in the backward.
+  bool keeps_fp8_input_transposes() const {
+    return matmul_dtype == DType::E4M3 && gradient_dtype == DType::E5M2 && batch_size * seq_len % 16 == 0 &&
+           keep_fp8_input_transposes && !recompute.any() && !offload_master && !offload_gradients &&
+           !offload_opt_m && !offload_opt_v && !offload_residual && !offload_quants;
+  }
 };
 
 // What a configuration needs: device bytes (the allocator's peak, library workspaces included,
