@@ -117,13 +117,14 @@ __device__ void zero_row(T* row, const RowSplit& split) {
 
 template <typename T>
 __global__ void __launch_bounds__(kRowThreads)
-    cross_entropy_kernel(T* logits, const std::int32_t* targets, float* losses, int V, float grad_scale, float z_loss) {
+    cross_entropy_kernel(T* logits, const std::int32_t* targets, float* losses, int V, GradScale scale, float z_loss) {
   __shared__ float reduce_scratch[kWarpSize];
   constexpr int kVec = Vec<T>::kSize;
   const int r = blockIdx.x;
   T* row = logits + static_cast<std::size_t>(r) * V;
   const RowSplit split = split_row(row, V);
   const int target = targets[r];
+  const float grad_scale = scale.get();
 
   if (target == kIgnoreTarget) {
     zero_row(row, split);
@@ -282,7 +283,7 @@ __device__ float cluster_lse(float2* cta_max_sum, int ctas) {
 // Grid: R clusters of `ctas` CTAs (cluster dims set at launch), CTA rank k of cluster r owns slice k
 // of row r. Dynamic shared memory: the largest slice, ceil((V / 8) / ctas) vectors.
 __global__ void __launch_bounds__(kClusterThreads)
-    cross_entropy_cluster_kernel(bf16* logits, const std::int32_t* targets, float* losses, int V, float grad_scale,
+    cross_entropy_cluster_kernel(bf16* logits, const std::int32_t* targets, float* losses, int V, GradScale scale,
                                  float z_loss) {
 #if LLMQ_CROSS_ENTROPY_CLUSTERS
   extern __shared__ __align__(128) unsigned char slice_smem[];
@@ -298,6 +299,7 @@ __global__ void __launch_bounds__(kClusterThreads)
   const RowSlice slice = cta_slice(row, V, rank, ctas);
   Vec<bf16>* cached = reinterpret_cast<Vec<bf16>*>(slice_smem);
   const int target = targets[r];
+  const float grad_scale = scale.get();
   const bool holds_scalar = rank == 0 && static_cast<int>(threadIdx.x) < slice.split.scalar_count;
   const int scalar_j = holds_scalar ? slice.split.scalar_index(threadIdx.x) : 0;
 
@@ -531,7 +533,7 @@ void check_arguments(const T* logits, const std::int32_t* targets, const float* 
 }
 
 template <typename T>
-void launch_two_pass(T* logits, const std::int32_t* targets, float* losses, int R, int V, float grad_scale,
+void launch_two_pass(T* logits, const std::int32_t* targets, float* losses, int R, int V, GradScale grad_scale,
                      float z_loss, cudaStream_t stream) {
   cross_entropy_kernel<T><<<R, kRowThreads, 0, stream>>>(logits, targets, losses, V, grad_scale, z_loss);
   LLMQ_CUDA_CHECK_LAUNCH();
@@ -539,7 +541,7 @@ void launch_two_pass(T* logits, const std::int32_t* targets, float* losses, int 
 
 // False (and nothing launched) when the device refuses the cluster configuration.
 bool launch_cluster(const ClusterPlan& plan, bf16* logits, const std::int32_t* targets, float* losses, int R, int V,
-                    float grad_scale, float z_loss, cudaStream_t stream) {
+                    GradScale grad_scale, float z_loss, cudaStream_t stream) {
   cudaLaunchAttribute cluster_dim;
   const cudaLaunchConfig_t config = cluster_config(plan, R, stream, cluster_dim);
   const cudaError_t status =
@@ -556,14 +558,14 @@ bool launch_cluster(const ClusterPlan& plan, bf16* logits, const std::int32_t* t
 }  // namespace
 
 void cross_entropy_forward_backward(float* logits, const std::int32_t* targets, float* losses, int R, int V,
-                                    float grad_scale, float z_loss, cudaStream_t stream) {
+                                    GradScale grad_scale, float z_loss, cudaStream_t stream) {
   check_arguments(logits, targets, losses, R, V);
   if (R == 0) return;
   launch_two_pass(logits, targets, losses, R, V, grad_scale, z_loss, stream);
 }
 
 void cross_entropy_forward_backward(nv_bfloat16* logits, const std::int32_t* targets, float* losses, int R, int V,
-                                    float grad_scale, float z_loss, cudaStream_t stream) {
+                                    GradScale grad_scale, float z_loss, cudaStream_t stream) {
   check_arguments(logits, targets, losses, R, V);
   if (R == 0) return;
   const int device = current_device();

@@ -13,13 +13,29 @@ namespace llmq::kernels {
 // Target id that marks a position without loss (padding, masked prompt tokens).
 inline constexpr std::int32_t kIgnoreTarget = -1;
 
+// The factor the gradient is scaled by: a value, or a device float read when the kernel runs (a CUDA
+// graph replays its kernels' arguments as captured; a per-micro-batch scale must live in memory).
+struct GradScale {
+  GradScale(float v) : value(v) {}  // NOLINT(google-explicit-constructor): a plain float is the usual case
+  static GradScale in_device_memory(const float* device) {
+    GradScale s(0.f);
+    s.device = device;
+    return s;
+  }
+#ifdef __CUDACC__
+  __device__ float get() const { return device ? *device : value; }
+#endif
+  float value;
+  const float* device = nullptr;
+};
+
 // For each of the R rows: losses[r] = lse - logits[r, target] + z_loss * lse^2 (0 when ignored) and,
 // in place, logits[r, :] <- (softmax * (1 + 2 z_loss lse) - onehot(target)) * grad_scale (0 when ignored).
 // A target outside [-1, V) gives a NaN loss so that the bad data shows up in the log.
 void cross_entropy_forward_backward(float* logits, const std::int32_t* targets, float* losses, int R, int V,
-                                    float grad_scale, float z_loss, cudaStream_t stream);
+                                    GradScale grad_scale, float z_loss, cudaStream_t stream);
 void cross_entropy_forward_backward(nv_bfloat16* logits, const std::int32_t* targets, float* losses, int R, int V,
-                                    float grad_scale, float z_loss, cudaStream_t stream);
+                                    GradScale grad_scale, float z_loss, cudaStream_t stream);
 
 // CTAs that share one row of bf16 logits of width V on the current device: 1..8 when the bf16 launcher
 // runs the single-read cluster kernel, 0 when it runs the two-pass kernel (a row too wide for 8 CTAs'

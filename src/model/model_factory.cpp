@@ -119,6 +119,10 @@ void apply_auto_fit(TrainOptions& opts) {
   opts.offload_quants = m.offload_quants;
   opts.persistent_quants = opts.persistent_quants || m.offload_quants;
   opts.use_zero_copy = m.use_zero_copy;
+  if (opts.use_cuda_graphs && opts.offloads_per_layer()) {
+    opts.use_cuda_graphs = false;
+    fmt::print("--auto-fit: CUDA graphs off (offloaded layers are copied on streams a graph cannot replay)\n");
+  }
 }
 
 }  // namespace llmq

@@ -98,13 +98,20 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   const std::int64_t accum = opts.grad_accumulation;
   step_stats_ = alloc_.allocate("step stats", DType::FP32, {2 + accum}, MemCategory::Other);
   valid_counts_ = alloc_.allocate("valid counts", DType::INT32, {accum + 1}, MemCategory::Other);
+  grad_scale_ = alloc_.allocate("loss gradient scale", DType::FP32, {1}, MemCategory::Other);
   micro_valid_.assign(accum, 0.f);
+  step_graphs_.assign(accum, nullptr);
+  // Offloading copies run on streams of their own, keyed to host-side slot bookkeeping that a replay
+  // would not redo: those runs stay eager (the command line refuses an explicit request for both).
+  const bool streams = residuals_ || weight_layers_ || grad_layers_ || (fp8_ && fp8_->streams_weights());
+  cuda_graphs_failed_ = opts.use_cuda_graphs && streams;
 }
 
 template <typename T>
 QwenModel<T>::~QwenModel() {
   if (stream_) cudaStreamSynchronize(stream_);
-  if (step_graph_) cudaGraphExecDestroy(step_graph_);
+  for (cudaGraphExec_t graph : step_graphs_)
+    if (graph) cudaGraphExecDestroy(graph);
   attention_.reset();
   matmul_.reset();
   if (stream_) cudaStreamDestroy(stream_);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "kernels/cross_entropy.h"
 #include "model/config.h"
 #include "model/param_layout.h"
 #include "model/run_state.h"
@@ -118,22 +119,24 @@ class QwenModel final : public Model {
 
   // Current gradients under HF names, as fp32 (tests compare them with PyTorch).
   void export_gradients(const std::filesystem::path& file) const;
-  // Micro-steps that ran as a CUDA graph so far (tests check that graphs were really used).
+  // Micro-steps that ran as a CUDA graph so far, and graphs captured (tests check that graphs were
+  // really used, and captured once per micro-step position).
   int cuda_graph_launches() const { return graph_launches_; }
+  int cuda_graph_captures() const { return graph_captures_; }
 
  private:
   // Forward pass through the final norm; the loss and its gradient come from lm_head_loss.
   void forward();
   // LM head + cross-entropy, chunked; with `backward` also d(final_out) and the LM head gradient.
-  void lm_head_loss(bool backward, float grad_scale);
+  void lm_head_loss(bool backward, kernels::GradScale grad_scale);
   void backward(int micro_step);
-  // Everything of a micro-step after its host-dependent uploads: no host input, so capturable.
-  void micro_step_kernels(float grad_scale, int micro_step);
-  // Captures micro_step_kernels into step_graph_ (instantiated once, then updated) and launches it.
+  // Everything of a micro-step after its host-dependent uploads: no host input (the loss gradient
+  // scale is read from grad_scale_), so capturable.
+  void micro_step_kernels(int micro_step);
+  // Launches the graph of this micro-step position, capturing and instantiating it on first use.
   // False when capture or instantiation failed: nothing ran, graphs are off for the rest of the run.
-  bool launch_step_graph(float grad_scale, int micro_step);
-  cudaGraph_t capture_micro_step(float grad_scale, int micro_step);
-  bool update_step_graph(cudaGraph_t graph);
+  bool launch_step_graph(int micro_step);
+  cudaGraphExec_t instantiate_micro_step(int micro_step);
   void disable_cuda_graphs(const std::string& reason);
   // Pieces of layer l's forward (data flow in run_state.h). forward() runs them all in order;
   // recompute_layer() reruns, with the same kernels and arguments, those whose outputs the
@@ -211,10 +214,14 @@ class QwenModel final : public Model {
   Tensor valid_counts_;                       // int32 [accum + 1]: valid targets per micro-batch (+ eval)
   std::vector<float> micro_valid_;            // host copy of the valid target counts of this step
   std::vector<std::int32_t> host_plan_;       // embedding backward plan of the current micro-batch
-  cudaGraphExec_t step_graph_ = nullptr;      // with use_cuda_graphs, from the second micro-step on
+  Tensor grad_scale_;                         // fp32 [1]: loss gradient scale of the current micro-batch
+  // With use_cuda_graphs, one executable graph per micro-step position (the loss slot and the
+  // gradient bookkeeping differ between positions, nothing else does), captured once and replayed.
+  std::vector<cudaGraphExec_t> step_graphs_;
   bool first_micro_step_done_ = false;
   bool cuda_graphs_failed_ = false;
   int graph_launches_ = 0;
+  int graph_captures_ = 0;
 };
 
 }  // namespace llmq

@@ -4,10 +4,11 @@
 // and the AdamW update with global-norm clipping.
 //
 // CUDA graphs (use_cuda_graphs): a micro-step first does, eagerly on the stream, everything that
-// depends on the host (valid-target count, batch upload, the host-built embedding backward plan, the
-// FP8 weight re-quantization whose need a host flag decides); the rest (micro_step_kernels) is
-// captured into a graph and launched. Each micro-step is captured again and the executable graph
-// updated in place (grad_scale and the loss slot change between micro-steps).
+// depends on the host (batch upload, the host-built embedding backward plan, the loss gradient
+// scale into device memory, the FP8 weight re-quantization whose need a host flag decides); the
+// rest (micro_step_kernels) reads only device memory at fixed addresses. It is captured once per
+// micro-step position (the loss slot and the gradient bookkeeping depend on the position) and
+// replayed from then on: no per-micro-step capture or update cost on the host.
 #include <cuda_bf16.h>
 #include <fmt/format.h>
 
@@ -23,6 +24,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/global_norm.h"
+#include "kernels/init.h"
 #include "kernels/matmul.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -289,7 +291,7 @@ void QwenModel<T>::recompute_layer(int l) {
 }
 
 template <typename T>
-void QwenModel<T>::lm_head_loss(bool backward, float grad_scale) {
+void QwenModel<T>::lm_head_loss(bool backward, k::GradScale grad_scale) {
   RunState& r = *run_;
   const int C = cfg_.hidden_size, V = cfg_.vocab_size;
   const T* w = weight(layout_.lm_head());
@@ -406,20 +408,21 @@ void QwenModel<T>::forward_backward(const std::int32_t* inputs, const std::int32
   const float grad_scale = valid ? 1.f / (static_cast<float>(valid) * opts_.grad_accumulation) : 0.f;
   upload_batch(inputs, targets);
   upload_embedding_plan(inputs);
+  k::fill_constant(grad_scale_.get<float>(), 1, grad_scale, stream_);  // the value travels as a kernel argument
   // Whether the FP8 weights are re-quantized depends on a host flag (once per optimizer step): kept
   // out of the graph, so that every micro-step's graph has the same topology.
   prepare_fp8();
   // The very first micro-step runs eagerly: cuBLASLt plans and cuDNN attention graphs are created
-  // on first use, and their setup (allocations, synchronous calls) cannot happen inside a capture.
+  // (and matmuls autotuned) on first use, and their setup cannot happen inside a capture.
   const bool use_graph = opts_.use_cuda_graphs && first_micro_step_done_ && !cuda_graphs_failed_;
-  if (!use_graph || !launch_step_graph(grad_scale, micro_step)) micro_step_kernels(grad_scale, micro_step);
+  if (!use_graph || !launch_step_graph(micro_step)) micro_step_kernels(micro_step);
   first_micro_step_done_ = true;
 }
 
 template <typename T>
-void QwenModel<T>::micro_step_kernels(float grad_scale, int micro_step) {
+void QwenModel<T>::micro_step_kernels(int micro_step) {
   forward();
-  lm_head_loss(/*backward=*/true, grad_scale);
+  lm_head_loss(/*backward=*/true, k::GradScale::in_device_memory(grad_scale_.get<float>()));
   k::loss_sum(run_->losses.get<float>(), run_->targets.get<std::int32_t>(), run_->N,
               step_stats_.get<float>() + 2 + micro_step, valid_counts_.get<std::int32_t>() + micro_step,
               loss_scratch_.data, stream_);
@@ -427,55 +430,40 @@ void QwenModel<T>::micro_step_kernels(float grad_scale, int micro_step) {
 }
 
 template <typename T>
-bool QwenModel<T>::launch_step_graph(float grad_scale, int micro_step) {
-  cudaGraph_t graph = capture_micro_step(grad_scale, micro_step);
+bool QwenModel<T>::launch_step_graph(int micro_step) {
+  cudaGraphExec_t& graph = step_graphs_[micro_step];
+  if (!graph) graph = instantiate_micro_step(micro_step);
   if (!graph) return false;
-  const bool ready = update_step_graph(graph);
-  LLMQ_CUDA_CHECK(cudaGraphDestroy(graph));  // the executable graph keeps its own copy
-  if (!ready) return false;
-  LLMQ_CUDA_CHECK(cudaGraphLaunch(step_graph_, stream_));
+  LLMQ_CUDA_CHECK(cudaGraphLaunch(graph, stream_));
   ++graph_launches_;
   return true;
 }
 
-// Null (after disable_cuda_graphs) when anything between begin and end of the capture failed; the
-// captured work never ran then, so the caller runs it eagerly.
+// Null (after disable_cuda_graphs) when anything between begin and end of the capture, or the
+// instantiation, failed; the captured work never ran then, so the caller runs it eagerly.
 template <typename T>
-cudaGraph_t QwenModel<T>::capture_micro_step(float grad_scale, int micro_step) {
+cudaGraphExec_t QwenModel<T>::instantiate_micro_step(int micro_step) {
   LLMQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   std::string failure;
   try {
-    micro_step_kernels(grad_scale, micro_step);
+    micro_step_kernels(micro_step);
   } catch (const std::exception& e) {
     failure = e.what();
   }
   // Deliberately unchecked from here: a failed capture falls back to eager execution.
   cudaGraph_t graph = nullptr;
   const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
-  if (failure.empty() && end == cudaSuccess && graph) return graph;
-  if (graph) cudaGraphDestroy(graph);
-  (void)cudaGetLastError();
-  disable_cuda_graphs(fmt::format("capture failed: {}", failure.empty() ? cudaGetErrorString(end) : failure));
-  return nullptr;
-}
-
-// Later micro-steps differ from the first only in kernel arguments, which an in-place update takes;
-// a topology change (or any other refusal) gets a fresh instantiation.
-template <typename T>
-bool QwenModel<T>::update_step_graph(cudaGraph_t graph) {
-  if (step_graph_) {
-    cudaGraphExecUpdateResultInfo info{};
-    if (cudaGraphExecUpdate(step_graph_, graph, &info) == cudaSuccess) return true;
-    (void)cudaGetLastError();  // a refused update is an answer, not an error
-    LLMQ_CUDA_CHECK(cudaGraphExecDestroy(step_graph_));  // an in-flight launch still completes
-    step_graph_ = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t status = failure.empty() ? end : cudaErrorStreamCaptureInvalidated;
+  if (failure.empty() && end == cudaSuccess && graph) status = cudaGraphInstantiate(&exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);  // the executable graph keeps its own copy
+  if (status == cudaSuccess && exec) {
+    ++graph_captures_;
+    return exec;
   }
-  const cudaError_t err = cudaGraphInstantiate(&step_graph_, graph, 0);
-  if (err == cudaSuccess) return true;
-  step_graph_ = nullptr;
   (void)cudaGetLastError();
-  disable_cuda_graphs(fmt::format("instantiation failed: {}", cudaGetErrorString(err)));
-  return false;
+  disable_cuda_graphs(fmt::format("capture failed: {}", failure.empty() ? cudaGetErrorString(status) : failure));
+  return nullptr;
 }
 
 template <typename T>

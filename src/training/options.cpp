@@ -407,8 +407,7 @@ void validate(const TrainOptions& o) {
   LLMQ_REQUIRE(o.steps == -1 || static_cast<long>(o.warmup) + o.cooldown <= o.steps,
                "--warmup {} + --cooldown {} exceed --steps {}: shorten them or raise --steps", o.warmup, o.cooldown,
                o.steps);
-  LLMQ_REQUIRE(!(o.use_cuda_graphs && (o.offload_master || o.offload_gradients || o.offload_residual ||
-                                       o.offload_quants)),
+  LLMQ_REQUIRE(!(o.use_cuda_graphs && o.offloads_per_layer()),
                "--use-cuda-graphs cannot be combined with --offload-master, --offload-gradients, --offload-residual "
                "or --offload-quants (their per-layer copies run on streams outside the graph): leave out "
                "--use-cuda-graphs");
@@ -465,6 +464,8 @@ TrainOptions parse_options(int argc, const char* const* argv) {
                     one_line(fmt::format("{} (run with --help to list the flags)", e.what())));
   }
   resolve(o, r, app.count("--out-file") > 0, app.count("--continue") > 0);
+  // On by default, but not for offloading runs; an explicit --use-cuda-graphs with them is refused.
+  if (app.count("--use-cuda-graphs") == 0 && o.offloads_per_layer()) o.use_cuda_graphs = false;
   validate(o);
   return o;
 }

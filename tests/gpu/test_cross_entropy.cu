@@ -181,6 +181,35 @@ TEST(CrossEntropy, Bf16QwenVocabBitReproducible) {
   EXPECT_TRUE(identical_bytes(first.second, second.second)) << "losses differ between two identical runs";
 }
 
+// A scale read from device memory (what a replayed CUDA graph uses) gives the bits of the same scale
+// passed by value, on the fp32 kernel and both bf16 kernels (one CTA per row, and a cluster per row).
+TEST(CrossEntropy, ScaleInDeviceMemoryMatchesScaleByValue) {
+  DeviceBuffer<float> d_scale(std::vector<float>{0.375f});
+  const kernels::GradScale in_memory = kernels::GradScale::in_device_memory(d_scale.get());
+  const int R = 3;
+  for (const int V : {100, 151936}) {
+    const std::vector<float> input = random_normal(static_cast<std::size_t>(R) * V, 69, 3.f);
+    const std::vector<std::int32_t> target_ids = random_targets(R, V, 70);
+    DeviceBuffer<std::int32_t> targets(target_ids);
+    DeviceBuffer<float> losses(R);
+    auto bf16_run = [&](kernels::GradScale scale) {
+      DeviceBuffer<nv_bfloat16> logits(to_bf16(input));
+      kernels::cross_entropy_forward_backward(logits.get(), targets.get(), losses.get(), R, V, scale, 1e-3f, nullptr);
+      sync_and_check();
+      return logits.download();
+    };
+    EXPECT_TRUE(identical_bytes(bf16_run(in_memory), bf16_run(0.375f))) << "bf16 V=" << V;
+    if (V > 100) continue;
+    auto fp32_run = [&](kernels::GradScale scale) {
+      DeviceBuffer<float> logits(input);
+      kernels::cross_entropy_forward_backward(logits.get(), targets.get(), losses.get(), R, V, scale, 1e-3f, nullptr);
+      sync_and_check();
+      return logits.download();
+    };
+    EXPECT_TRUE(identical_bytes(fp32_run(in_memory), fp32_run(0.375f))) << "fp32 V=" << V;
+  }
+}
+
 // Bad target ids on the bf16 paths (one CTA per row and several): a NaN loss in their own row only, and
 // dx = softmax * grad_scale there (no one-hot matches), so that row's dx sums to grad_scale instead of 0.
 TEST(CrossEntropy, Bf16OutOfRangeTargetsGiveNanLossOnlyInTheirRow) {

@@ -1,11 +1,12 @@
 // CUDA graphs (QwenModelOptions::use_cuda_graphs) on the GPU. A graph replays exactly the kernels,
 // arguments and order of the eager step, so training with graphs must give EXACTLY the eager run's
-// losses, gradient norms, evaluation loss and final weights (EXPECT_EQ, no tolerance), and every
-// micro-step after the first (which is eager by design) must really have run as a graph.
+// losses, gradient norms, evaluation loss and final weights (EXPECT_EQ, no tolerance), every
+// micro-step after the first (which is eager by design) must really have run as a graph, and each
+// micro-step position must have been captured only once.
 // A tiny Qwen2-shaped model (3 layers, C 256, D 512, 4 query / 2 kv heads of 64, V 1000, q/k/v
 // biases), bf16, random init, B 2 x T 128, 4 optimizer steps of 2 accumulated micro-batches. Step 3's
-// second micro-batch ignores some targets, so its loss scale differs from the others' and the
-// executable graph must take the new argument through its in-place update.
+// second micro-batch ignores some targets, so its loss scale differs from the others': a replayed
+// graph must read it from device memory, not bake in the value it was captured with.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -42,6 +43,7 @@ struct RunResult {
   float eval_loss = 0;
   std::map<std::string, test::Bytes> exported;  // file name -> bytes of the exported model
   int graph_launches = 0;
+  int graph_captures = 0;
 };
 
 QwenModelOptions model_options(bool graphs) {
@@ -53,6 +55,11 @@ QwenModelOptions model_options(bool graphs) {
 int graph_launches(const Model& model) {
   const auto* qwen = dynamic_cast<const QwenModel<nv_bfloat16>*>(&model);
   return qwen ? qwen->cuda_graph_launches() : -1;
+}
+
+int graph_captures(const Model& model) {
+  const auto* qwen = dynamic_cast<const QwenModel<nv_bfloat16>*>(&model);
+  return qwen ? qwen->cuda_graph_captures() : -1;
 }
 
 RunResult train(const QwenModelOptions& opts) {
@@ -69,6 +76,7 @@ RunResult train(const QwenModelOptions& opts) {
   r.eval_loss = model->evaluate(inputs.data(), targets.data());
   r.exported = test::exported_files(*model);
   r.graph_launches = graph_launches(*model);
+  r.graph_captures = graph_captures(*model);
   return r;
 }
 
@@ -89,6 +97,7 @@ void expect_graphs_match_eager(QwenModelOptions opts) {
   opts.use_cuda_graphs = true;
   const RunResult graphs = train(opts);
   EXPECT_EQ(graphs.graph_launches, kMicroSteps - 1) << "capture failed (see the warning above) or graphs unused";
+  EXPECT_EQ(graphs.graph_captures, kAccum) << "one capture per micro-step position, replayed afterwards";
   expect_bit_identical(graphs, eager);
 }
 
@@ -109,6 +118,17 @@ TEST(CudaGraphs, BlockRecomputeMatchesEagerBitForBit) {
   QwenModelOptions o = model_options(true);
   o.recompute.block = true;
   expect_graphs_match_eager(o);
+}
+
+// Offloading copies layers on streams of their own: such a model ignores the request and runs
+// eagerly, with the same results.
+TEST(CudaGraphs, OffloadingRunsEagerly) {
+  QwenModelOptions o = model_options(true);
+  o.offload_residual = true;
+  const RunResult graphs = train(o);
+  EXPECT_EQ(graphs.graph_launches, 0);
+  o.use_cuda_graphs = false;
+  expect_bit_identical(graphs, train(o));
 }
 
 // A bad micro-step index is refused on the host before anything is captured, and the graphs keep

@@ -90,7 +90,7 @@ TEST(Options, DefaultsMatchTheSeedTool) {
   EXPECT_FALSE(o.new_data);
   EXPECT_EQ(o.gpus, 0);
   EXPECT_EQ(o.zero_level, 1);
-  EXPECT_FALSE(o.use_cuda_graphs);
+  EXPECT_TRUE(o.use_cuda_graphs);  // ours: on (the seed's default is off)
   EXPECT_FALSE(o.memory_limit.has_value());
   EXPECT_FALSE(o.auto_fit);
   for (bool b : {o.recompute_swiglu, o.recompute_norm, o.recompute_ffn, o.recompute_qkv, o.recompute_att,
@@ -115,6 +115,11 @@ TEST(Options, AliasesSetTheSameField) {
   EXPECT_TRUE(parse({"--use-write-combined"}).write_combined);
   EXPECT_FALSE(parse({"--no-use-cuda-graphs"}).use_cuda_graphs);
   EXPECT_TRUE(parse({"--use-cuda-graphs"}).use_cuda_graphs);
+  // Default-on graphs step aside for per-layer offloading; an explicit request is refused (below).
+  for (const char* offload : {"--offload-master", "--offload-gradients", "--offload-residual"})
+    EXPECT_FALSE(parse({offload}).use_cuda_graphs) << offload;
+  EXPECT_FALSE(parse({"--offload-quants", "--matmul-dtype=e4m3"}).use_cuda_graphs);
+  EXPECT_TRUE(parse({"--offload-opt-m", "--offload-opt-v"}).use_cuda_graphs);  // outside the micro-steps
   EXPECT_TRUE(parse({}).autotune_matmuls);  // ours, on by default
   EXPECT_FALSE(parse({"--no-autotune-matmuls"}).autotune_matmuls);
   EXPECT_FALSE(parse({"--autotune-matmuls=false"}).autotune_matmuls);
@@ -313,7 +318,7 @@ TEST(Options, HelpExitsZeroAndListsFlagsWithDefaults) {
             "--model TEXT=.", "--train-seed UINT=0x83b45442", "--lr-schedule TEXT=cosine", "--zero-level INT=1",
             "--out-dir TEXT=output/%n", "--checkpoint-dir TEXT=ckpt/%n", "--grad-accumulation INT=4",
             "--log-file TEXT=logs/%n-<YYYY-MM-DDTHH_MM>.json", "--matmul-dtype TEXT=model dtype",
-            "--memory-limit SIZE=none", "--no-use-cuda-graphs{false} [off]", "--from-scratch [off]",
+            "--memory-limit SIZE=none", "--no-use-cuda-graphs{false} [on]", "--from-scratch [off]",
             "--offload-master [off]", "--continue [PATH]",
             "--beta-2 FLOAT=0.95", "--steps INT=-1", "--eval-file TEXT=data/tiny-shakespeare-qwen/eval.bin"}) {
         EXPECT_NE(text.find(expected), std::string::npos) << "missing '" << expected << "' in\n" << text;
