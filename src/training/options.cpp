@@ -280,7 +280,8 @@ void mark_unimplemented(CLI::App& app) {
 void build_app(CLI::App& app, TrainOptions& o, RawOptions& r) {
   app.name("train");
   app.description("llmq: train or fine-tune a Qwen2.5 model on one or more GPUs.");
-  app.footer("Flags keep the spelling and defaults of LLM.Q; any flag may also be written --flag=value.");
+  app.footer("Flags keep the spelling and defaults of LLM.Q, except that CUDA graphs are on by default (off for\n"
+             "runs that offload per layer); any flag may also be written --flag=value.");
   app.option_defaults()->always_capture_default()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.get_formatter()->column_width(44);
   add_model_options(app, o, r);
