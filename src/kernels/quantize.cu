@@ -32,37 +32,19 @@
 #include <cstdint>
 
 #include "core/errors.h"
+#include "kernels/fp8_common.cuh"
 #include "kernels/kernel_utils.cuh"
 
 namespace llmq::kernels {
 namespace {
 
-using fp8_byte = __nv_fp8_storage_t;  // one FP8 value as stored
-
-constexpr int kThreads = 256;
+using fp8::fp8_byte;
+using fp8::kQuantGroup;
+using fp8::kTile;
+using fp8::quantize_group;
+using fp8::scale_from_abs_max;
+constexpr int kThreads = fp8::kTileThreads;
 constexpr int kMaxBlocks = 1024;  // grid-stride beyond this
-constexpr int kQuantGroup = 16;   // elements per thread and step: 16 FP8 bytes = one 16-byte store
-constexpr int kTile = 64;         // quantize_transpose tile edge
-// Shared-memory row pitch in bytes of the transpose tile; the padding spreads the column reads over banks.
-constexpr int kTilePitch = kTile + 4;
-static_assert(kTile * (kTile / kQuantGroup) == kThreads, "one 16-element row chunk of the tile per thread");
-
-__device__ __forceinline__ float scale_from_abs_max(float absmax, float fp8_max) {
-  if (!isfinite(absmax)) return __int_as_float(0x7fffffff);  // NaN
-  if (absmax == 0.f) return 1.f;
-  return fminf(fp8_max / absmax, FLT_MAX);
-}
-
-template <__nv_fp8_interpretation_t kFormat>
-__device__ __forceinline__ void quantize_group(const float (&x)[kQuantGroup], float scale, fp8_byte (&q)[kQuantGroup]) {
-#pragma unroll
-  for (int k = 0; k < kQuantGroup; k += 2) {
-    const __nv_fp8x2_storage_t pair =
-        __nv_cvt_float2_to_fp8x2(make_float2(x[k] * scale, x[k + 1] * scale), __NV_SATFINITE, kFormat);
-    q[k] = static_cast<fp8_byte>(pair & 0xFFu);  // low byte holds the first element
-    q[k + 1] = static_cast<fp8_byte>(pair >> 8);
-  }
-}
 
 // ---- abs-max ------------------------------------------------------------------------------------
 
@@ -118,12 +100,11 @@ template <__nv_fp8_interpretation_t kFormat>
 __global__ void __launch_bounds__(kThreads)
     quantize_transpose_kernel(fp8_byte* q, fp8_byte* q_t, float* scale_inv, const nv_bfloat16* x, const float* absmax,
                               int rows, int cols, float fp8_max, TileVectorization vec) {
-  __shared__ alignas(16) fp8_byte tile[kTile][kTilePitch];
+  __shared__ alignas(16) fp8::Tile tile;
   const float scale = scale_from_abs_max(*absmax, fp8_max);
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *scale_inv = 1.f / scale;
   const int r0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
-  const int lr = threadIdx.x / (kTile / kQuantGroup), lc = threadIdx.x % (kTile / kQuantGroup) * kQuantGroup;
-
+  const int lr = fp8::tile_row(), lc = fp8::tile_col();
   fp8_byte out[kQuantGroup] = {};  // rows past the end stay 0 in the tile (never stored)
   if (r0 + lr < rows) {
     const std::size_t row_offset = static_cast<std::size_t>(r0 + lr) * cols;
@@ -133,19 +114,12 @@ __global__ void __launch_bounds__(kThreads)
     if (q) store_group<kQuantGroup>(q + row_offset, c0 + lc, cols, vec.store_q, out);
   }
   if (!q_t) return;  // uniform over the grid
-#pragma unroll
-  for (int k = 0; k < kQuantGroup; k += 4) {
-    const std::uint32_t word =
-        out[k] | out[k + 1] << 8 | out[k + 2] << 16 | static_cast<std::uint32_t>(out[k + 3]) << 24;
-    *reinterpret_cast<std::uint32_t*>(&tile[lr][lc + k]) = word;
-  }
+  fp8::park_in_tile(tile, out);
   __syncthreads();
-
   const int c = c0 + lr;  // this thread writes q_t[c, r0 + lc .. r0 + lc + 16)
   if (c >= cols) return;
   fp8_byte column[kQuantGroup];
-#pragma unroll
-  for (int k = 0; k < kQuantGroup; ++k) column[k] = tile[lc + k][lr];
+  fp8::column_from_tile(tile, column);
   store_group<kQuantGroup>(q_t + static_cast<std::size_t>(c) * rows, r0 + lc, rows, vec.store_t, column);
 }
 

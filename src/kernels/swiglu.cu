@@ -22,13 +22,12 @@
 
 #include "core/errors.h"
 #include "kernels/kernel_utils.cuh"
+#include "kernels/swiglu_math.cuh"
 
 namespace llmq::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 // Runs vector(idx) for idx < num_vecs: once per thread without an abs-max (the grid covers num_vecs: no
 // loop, the kernel as it was), in a grid-stride loop with one (capped grid).
@@ -66,7 +65,8 @@ __global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__
 }
 
 // dh may alias h: each element of h is read by the thread that writes it, before it writes.
-template <typename T, bool kAbsMax>
+// Without kStore only the abs-max is taken (dh is not written; the FP8 path quantizes dh itself).
+template <typename T, bool kAbsMax, bool kStore = true>
 __global__ void swiglu_backward_kernel(T* dh, const T* __restrict__ dout, const T* h, float* absmax, int D,
                                        long num_vecs) {
   constexpr int K = Vec<T>::kSize;
@@ -82,17 +82,19 @@ __global__ void swiglu_backward_kernel(T* dh, const T* __restrict__ dout, const 
     Vec<T> dgate, dup;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      const float g = to_float(gate[k]), u = to_float(up[k]), dy = to_float(d[k]);
-      const float sig = sigmoid(g);
-      dgate[k] = from_float<T>(dy * u * sig * (1.f + g * (1.f - sig)));
-      dup[k] = from_float<T>(dy * g * sig);
+      float dg, du;
+      swiglu_grad(to_float(gate[k]), to_float(up[k]), to_float(d[k]), dg, du);
+      dgate[k] = from_float<T>(dg);
+      dup[k] = from_float<T>(du);
       if constexpr (kAbsMax) {
         absmax_bits = max_abs_bits(absmax_bits, to_float(dgate[k]));
         absmax_bits = max_abs_bits(absmax_bits, to_float(dup[k]));
       }
     }
-    store_vec(dh + gate_at, dgate);
-    store_vec(dh + up_at, dup);
+    if constexpr (kStore) {
+      store_vec(dh + gate_at, dgate);
+      store_vec(dh + up_at, dup);
+    }
   });
   if constexpr (kAbsMax) atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
 }
@@ -135,6 +137,17 @@ void launch_backward(T* dh, const T* dout, const T* h, int N, int D, cudaStream_
 }
 
 }  // namespace
+
+void swiglu_backward_abs_max(float* absmax, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D,
+                             cudaStream_t stream) {
+  LLMQ_REQUIRE(absmax != nullptr, "swiglu_backward_abs_max: null abs-max pointer");
+  require_args("swiglu_backward_abs_max", dout, h, h, N, D);
+  const long num_vecs = static_cast<long>(N) * (D / Vec<nv_bfloat16>::kSize);
+  auto* kernel = swiglu_backward_kernel<nv_bfloat16, true, false>;
+  const int blocks = std::min(ceil_div(num_vecs, kThreads), resident_blocks(kernel, kThreads));
+  kernel<<<blocks, kThreads, 0, stream>>>(nullptr, dout, h, absmax, D, num_vecs);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
 
 void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream, float* absmax) {
   launch_forward(out, h, N, D, stream, absmax);

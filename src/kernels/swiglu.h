@@ -24,4 +24,14 @@ void swiglu_backward(float* dh, const float* dout, const float* h, int N, int D,
 void swiglu_backward(nv_bfloat16* dh, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D, cudaStream_t stream,
                      float* absmax = nullptr);
 
+// FP8 backward without a bf16 dh (the weight and data gradients of the gate_up matmul read dh as
+// e5m2 in both layouts): first swiglu_backward_abs_max maxes into *absmax (zeroed by the caller)
+// what swiglu_backward would record, without writing dh; then swiglu_backward_e5m2 computes dh
+// again, rounds it to bf16 and writes exactly the bytes quantize_transpose_fp8(q, q_t, E5M2, ...)
+// would write for that bf16 dh [N, 2D]: q [N, 2D], q_t [2D, N] and *scale_inv (kernels/quantize.h).
+void swiglu_backward_abs_max(float* absmax, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D,
+                             cudaStream_t stream);
+void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat16* dout, const nv_bfloat16* h,
+                          const float* absmax, int N, int D, cudaStream_t stream);
+
 }  // namespace llmq::kernels

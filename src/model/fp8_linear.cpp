@@ -184,9 +184,25 @@ void Fp8Linear::forward(k::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16*
                 /*fast_accum=*/false, stream);
 }
 
+Fp8Linear::GradientBuffers Fp8Linear::gradient_buffers() const {
+  LLMQ_REQUIRE(fp8_dgrad_, "internal error: FP8 gradient buffers without e5m2 gradients");
+  return {dy_q_, dy_q_t_, act_scale_inv_ + kScaleStride};
+}
+
 void Fp8Linear::backward(k::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
                          const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows,
                          int in_f, int out_f, cudaStream_t stream) {
+  LLMQ_REQUIRE(fp8_dgrad_, "internal error: FP8 backward without e5m2 gradients");
+  LLMQ_REQUIRE(rows <= rows_ && out_f == quant(param).rows,
+               "internal error: FP8 gradient [{} x {}] does not fit parameter {} and {} rows", rows, out_f, param, rows_);
+  const GradientBuffers g = gradient_buffers();
+  k::quantize_transpose_fp8(g.q, g.q_t, DType::E5M2, g.scale_inv, dy, dy_absmax, rows, out_f, stream);
+  backward_quantized(mm, dx, dw, x, x_absmax, param, rows, in_f, out_f, stream);
+}
+
+void Fp8Linear::backward_quantized(k::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* x,
+                                   const float* x_absmax, int param, int rows, int in_f, int out_f,
+                                   cudaStream_t stream) {
   const QuantWeight& w = quant(param);
   LLMQ_REQUIRE(fp8_dgrad_ && weights_current_, "internal error: FP8 backward without e5m2 gradients");
   LLMQ_REQUIRE(rows % 16 == 0, "internal error: FP8 weight gradients need B*T = {} to be a multiple of 16", rows);
@@ -198,8 +214,7 @@ void Fp8Linear::backward(k::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw,
                  "internal error: FP8 backward of parameter {} without this micro-step's forward (kept x^T from "
                  "micro-step {}, now {}; {} of {} rows)", param, w.x_t_micro_step, micro_step_, rows, rows_);
   const float* w_scale_inv = weight_scale_inv_ + w.scale_slot * kScaleStride;
-  float* dy_scale_inv = act_scale_inv_ + kScaleStride;
-  k::quantize_transpose_fp8(dy_q_, dy_q_t_, DType::E5M2, dy_scale_inv, dy, dy_absmax, rows, out_f, stream);
+  const float* dy_scale_inv = act_scale_inv_ + kScaleStride;
   // dx[rows, in_f] = dy[rows, out_f] @ (W^T[in_f, out_f])^T: both operands K-major (K = out_f).
   const void* w_t = w.q_t;
   if (!w_t) {

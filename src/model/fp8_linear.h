@@ -95,6 +95,16 @@ class Fp8Linear {
   void backward(kernels::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
                 const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows, int in_f,
                 int out_f, cudaStream_t stream);
+  // The same, for a dy that its producer wrote straight into gradient_buffers() (e5m2, both layouts,
+  // with its scale_inv): e.g. kernels::swiglu_backward_e5m2, which skips the bf16 dy.
+  struct GradientBuffers {
+    void* q;           // e5m2 [rows, out_f]
+    void* q_t;         // e5m2 [out_f, rows]
+    float* scale_inv;  // 16-byte aligned
+  };
+  GradientBuffers gradient_buffers() const;
+  void backward_quantized(kernels::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* x,
+                          const float* x_absmax, int param, int rows, int in_f, int out_f, cudaStream_t stream);
 
  private:
   struct QuantWeight {

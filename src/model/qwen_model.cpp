@@ -64,7 +64,7 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
                                        /*offload_weights=*/opts.offload_quants);
   }
   stream_weights_forward_ = weights_->any_offloaded() && !fp8_;
-  stream_weights_backward_ = weights_->any_offloaded() && !(fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0);
+  stream_weights_backward_ = weights_->any_offloaded() && !fp8_backward();
 
   matmul_workspace_ = alloc_.allocate_bytes("cuBLASLt workspace", kernels::MatmulContext::kRecommendedWorkspaceBytes,
                                             MemCategory::Workspace);

@@ -164,6 +164,8 @@ class QwenModel final : public Model {
   void block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l, int param, const T* bias, int in_f, int out_f);
   void block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, Fp8Slot x_slot, int l, int param,
                              int in_f, int out_f);
+  bool fp8_backward() const;  // block GEMM gradients in FP8 (e5m2 x e4m3)
+  void swiglu_up_backward(int l);  // d_swiglu -> d_ln, through the SwiGLU and the gate_up GEMM
   float* fp8_absmax(int l, Fp8Slot slot) const;
   void prepare_fp8();  // re-quantizes changed weights, zeroes the abs-max slots
   // Offloaded block weights / gradients of layer l: into a device slot before its work, and out

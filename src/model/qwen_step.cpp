@@ -75,18 +75,50 @@ void QwenModel<T>::block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l,
   linear_forward(y, x, weight(param), bias, run_->N, in_f, out_f);
 }
 
+// The block GEMMs' backward runs in FP8 with e5m2 gradients, which need the weight gradient's K
+// (the B*T tokens) to be a multiple of 16.
+template <typename T>
+bool QwenModel<T>::fp8_backward() const {
+  return std::is_same_v<T, nv_bfloat16> && fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0;
+}
+
 template <typename T>
 void QwenModel<T>::block_linear_backward(T* dx, const T* dy, Fp8Slot dy_slot, const T* x, Fp8Slot x_slot, int l,
                                          int param, int in_f, int out_f) {
   if constexpr (std::is_same_v<T, nv_bfloat16>) {
-    // The weight gradient sums over the B*T tokens: FP8 needs that K to be a multiple of 16.
-    if (fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0) {
+    if (fp8_backward()) {
       fp8_->backward(*matmul_, dx, grad(param), dy, fp8_->absmax(l, dy_slot), x, fp8_->absmax(l, x_slot), param,
                      run_->N, in_f, out_f, stream_);
       return;
     }
   }
   linear_backward(dx, grad(param), dy, x, weight(param), run_->N, in_f, out_f);
+}
+
+// SwiGLU backward and the gate_up GEMM's gradients. With FP8 gradients the SwiGLU gradient goes
+// straight to e5m2 in both layouts (an abs-max pass, then one pass that writes the GEMM operands):
+// no bf16 d_mlp_up, the same bytes as quantizing it.
+template <typename T>
+void QwenModel<T>::swiglu_up_backward(int l) {
+  RunState& r = *run_;
+  const LayerActivations& a = r.layers[l];
+  const int N = r.N, C = cfg_.hidden_size, D = cfg_.intermediate_size;
+  const int up_w = layout_.layer(l).mlp_up_w;
+  if constexpr (std::is_same_v<T, nv_bfloat16>) {
+    if (fp8_backward()) {
+      float* absmax = fp8_->absmax(l, Fp8Slot::DMlpUp);
+      k::swiglu_backward_abs_max(absmax, r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_);
+      const Fp8Linear::GradientBuffers g = fp8_->gradient_buffers();
+      k::swiglu_backward_e5m2(g.q, g.q_t, g.scale_inv, r.d_swiglu.get<T>(), a.mlp_up.get<T>(), absmax, N, D, stream_);
+      fp8_->backward_quantized(*matmul_, r.d_ln.get<T>(), grad(up_w), a.ln2_out.get<T>(),
+                               fp8_->absmax(l, Fp8Slot::Ln2Out), up_w, N, C, 2 * D, stream_);
+      return;
+    }
+  }
+  k::swiglu_backward(r.d_mlp_up.get<T>(), r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_,
+                     fp8_absmax(l, Fp8Slot::DMlpUp));
+  block_linear_backward(r.d_ln.get<T>(), r.d_mlp_up.get<T>(), Fp8Slot::DMlpUp, a.ln2_out.get<T>(), Fp8Slot::Ln2Out, l,
+                        up_w, C, 2 * D);
 }
 
 // Abs-max slot a producing kernel fills for the FP8 GEMM that reads its output; null (no extra
@@ -337,10 +369,7 @@ void QwenModel<T>::backward(int micro_step) {
     // MLP: d_res is the gradient of residual[l+1] = residual_mid + down(swiglu(up(ln2)))
     block_linear_backward(r.d_swiglu.get<T>(), d_res, Fp8Slot::DResMlp, a.swiglu_out.get<T>(), Fp8Slot::SwigluOut, l,
                           p.mlp_down_w, D, C);
-    k::swiglu_backward(r.d_mlp_up.get<T>(), r.d_swiglu.get<T>(), a.mlp_up.get<T>(), N, D, stream_,
-                       fp8_absmax(l, Fp8Slot::DMlpUp));
-    block_linear_backward(r.d_ln.get<T>(), r.d_mlp_up.get<T>(), Fp8Slot::DMlpUp, a.ln2_out.get<T>(), Fp8Slot::Ln2Out,
-                          l, p.mlp_up_w, C, 2 * D);
+    swiglu_up_backward(l);  // d_swiglu -> d_ln (and the gate_up weight gradient)
     k::rmsnorm_backward(d_res, grad(p.ln2_w), scratch, d_res, r.d_ln.get<T>(), a.residual_mid.get<T>(),
                         weight(p.ln2_w), a.ln2_rstd.get<float>(), N, C, stream_, fp8_absmax(l, Fp8Slot::DResAtt));
     // Attention: d_res is now the gradient of residual_mid = residual[l] + att_out(att)

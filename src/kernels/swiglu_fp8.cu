@@ -1,0 +1,99 @@
+// SwiGLU backward straight to e5m2 (declared in swiglu.h): one pass that reads gate, up and dout
+// once and writes dh quantized, row-major and transposed, with no bf16 dh in between. Per element
+// of dout that is 6 bytes read and 4 written, where swiglu_backward + quantize_transpose_fp8 move
+// 14 (the abs-max pre-pass adds 6 bytes to both ways).
+//
+// Block (bx, by) covers rows 64*bx .. +64 and columns j = 64*by .. +64 of [0, D): it writes the gate
+// tile dh[:, j] and the up tile dh[:, D + j] of q, and both transposed tiles of q_t, through two
+// shared-memory tiles (the layout of quantize.cu's quantize_transpose).
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "core/errors.h"
+#include "kernels/fp8_common.cuh"
+#include "kernels/kernel_utils.cuh"
+#include "kernels/quantize.h"
+#include "kernels/swiglu.h"
+#include "kernels/swiglu_math.cuh"
+
+namespace llmq::kernels {
+namespace {
+
+using fp8::fp8_byte;
+using fp8::kQuantGroup;
+using fp8::kTile;
+
+struct SwigluVectorization {
+  bool load;     // h and dout 16-byte aligned (D % 8 == 0 is required anyway)
+  bool store_q;  // q aligned and D % 16 == 0: both halves of every q row start 16-byte aligned
+  bool store_t;  // q_t aligned and N % 16 == 0
+};
+
+__global__ void __launch_bounds__(fp8::kTileThreads)
+    swiglu_backward_e5m2_kernel(fp8_byte* q, fp8_byte* q_t, float* scale_inv, const nv_bfloat16* dout,
+                                const nv_bfloat16* h, const float* absmax, int N, int D, float fp8_max,
+                                SwigluVectorization vec) {
+  __shared__ alignas(16) fp8::Tile gate_tile, up_tile;
+  const float scale = fp8::scale_from_abs_max(*absmax, fp8_max);
+  if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *scale_inv = 1.f / scale;
+  const int r0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
+  const int lr = fp8::tile_row(), lc = fp8::tile_col();
+  const std::size_t two_d = 2 * static_cast<std::size_t>(D);
+  fp8_byte q_gate[kQuantGroup] = {}, q_up[kQuantGroup] = {};  // rows past N stay 0 (never stored)
+  if (r0 + lr < N) {
+    const std::size_t row = r0 + lr;
+    float gate[kQuantGroup], up[kQuantGroup], dy[kQuantGroup];
+    load_group<kQuantGroup, true>(h + row * two_d, c0 + lc, D, vec.load, gate);
+    load_group<kQuantGroup, true>(h + row * two_d + D, c0 + lc, D, vec.load, up);
+    load_group<kQuantGroup, true>(dout + row * D, c0 + lc, D, vec.load, dy);
+    float d_gate[kQuantGroup], d_up[kQuantGroup];
+#pragma unroll
+    for (int k = 0; k < kQuantGroup; ++k) {
+      float dg, du;
+      swiglu_grad(gate[k], up[k], dy[k], dg, du);
+      d_gate[k] = __bfloat162float(__float2bfloat16(dg));  // the bf16 dh the unfused path quantizes
+      d_up[k] = __bfloat162float(__float2bfloat16(du));
+    }
+    fp8::quantize_group<__NV_E5M2>(d_gate, scale, q_gate);
+    fp8::quantize_group<__NV_E5M2>(d_up, scale, q_up);
+    store_group<kQuantGroup>(q + row * two_d, c0 + lc, D, vec.store_q, q_gate);
+    store_group<kQuantGroup>(q + row * two_d + D, c0 + lc, D, vec.store_q, q_up);
+  }
+  fp8::park_in_tile(gate_tile, q_gate);
+  fp8::park_in_tile(up_tile, q_up);
+  __syncthreads();
+  const int c = c0 + lr;  // this thread writes q_t rows c and D + c, columns r0 + lc .. +16
+  if (c >= D) return;
+  fp8_byte column[kQuantGroup];
+  fp8::column_from_tile(gate_tile, column);
+  store_group<kQuantGroup>(q_t + static_cast<std::size_t>(c) * N, r0 + lc, N, vec.store_t, column);
+  fp8::column_from_tile(up_tile, column);
+  store_group<kQuantGroup>(q_t + (static_cast<std::size_t>(D) + c) * N, r0 + lc, N, vec.store_t, column);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat16* dout, const nv_bfloat16* h,
+                          const float* absmax, int N, int D, cudaStream_t stream) {
+  LLMQ_REQUIRE(N > 0 && D > 0 && D % 8 == 0, "swiglu_backward_e5m2: N={} D={} (need positive sizes, D % 8 == 0)", N,
+               D);
+  LLMQ_REQUIRE(q && q_t && scale_inv && dout && h && absmax,
+               "swiglu_backward_e5m2: null pointer (q={}, q_t={}, scale_inv={}, dout={}, h={}, absmax={})", q, q_t,
+               static_cast<void*>(scale_inv), static_cast<const void*>(dout), static_cast<const void*>(h),
+               static_cast<const void*>(absmax));
+  LLMQ_REQUIRE(static_cast<const void*>(scale_inv) != static_cast<const void*>(absmax),
+               "swiglu_backward_e5m2: scale_inv and absmax are the same float; give them separate slots");
+  LLMQ_REQUIRE(ceil_div(D, kTile) <= 65535, "swiglu_backward_e5m2: D={} exceeds the grid's 65535 tiles", D);
+  const SwigluVectorization vec{.load = aligned16(dout) && aligned16(h),
+                                .store_q = aligned16(q) && D % 16 == 0,
+                                .store_t = aligned16(q_t) && N % 16 == 0};
+  const dim3 grid(ceil_div(N, kTile), ceil_div(D, kTile));
+  swiglu_backward_e5m2_kernel<<<grid, fp8::kTileThreads, 0, stream>>>(
+      static_cast<fp8_byte*>(q), static_cast<fp8_byte*>(q_t), scale_inv, dout, h, absmax, N, D, fp8_max(DType::E5M2), vec);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace llmq::kernels
