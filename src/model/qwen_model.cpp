@@ -46,8 +46,10 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   LLMQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 
   make_state_stores();
+  // FP8 gradients take the SwiGLU gradient straight to e5m2: no bf16 d_mlp_up (qwen_step.cpp).
   run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks,
-                                    opts.recompute, opts.offload_residual);
+                                    opts.recompute, opts.offload_residual,
+                                    /*mlp_up_gradient=*/!opts.fp8_backward());
   if (opts.offload_residual)
     residuals_ = std::make_unique<ResidualStreamer>(
         alloc_, cfg.num_layers + 1, run_->residual[0].bytes(),

@@ -65,9 +65,13 @@ struct QwenModelOptions {
   // FP8 weight gradients, B*T a multiple of 16, no recompute, no offload flag); memory-tight
   // configurations re-quantize in the backward.
   bool keeps_fp8_input_transposes() const {
-    return matmul_dtype == DType::E4M3 && gradient_dtype == DType::E5M2 && batch_size * seq_len % 16 == 0 &&
-           keep_fp8_input_transposes && !recompute.any() && !offload_master && !offload_gradients &&
-           !offload_opt_m && !offload_opt_v && !offload_residual && !offload_quants;
+    return fp8_backward() && keep_fp8_input_transposes && !recompute.any() && !offload_master &&
+           !offload_gradients && !offload_opt_m && !offload_opt_v && !offload_residual && !offload_quants;
+  }
+  // The block GEMMs' gradients run in FP8 (e5m2 x e4m3): that needs the weight gradient's K, the
+  // B*T tokens, to be a multiple of 16.
+  bool fp8_backward() const {
+    return matmul_dtype == DType::E4M3 && gradient_dtype == DType::E5M2 && batch_size * seq_len % 16 == 0;
   }
 };
 

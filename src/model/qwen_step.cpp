@@ -75,11 +75,9 @@ void QwenModel<T>::block_linear_forward(T* y, const T* x, Fp8Slot x_slot, int l,
   linear_forward(y, x, weight(param), bias, run_->N, in_f, out_f);
 }
 
-// The block GEMMs' backward runs in FP8 with e5m2 gradients, which need the weight gradient's K
-// (the B*T tokens) to be a multiple of 16.
 template <typename T>
 bool QwenModel<T>::fp8_backward() const {
-  return std::is_same_v<T, nv_bfloat16> && fp8_ && fp8_->fp8_dgrad() && run_->N % 16 == 0;
+  return std::is_same_v<T, nv_bfloat16> && fp8_ && opts_.fp8_backward();
 }
 
 template <typename T>

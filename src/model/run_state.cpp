@@ -13,7 +13,7 @@ RecomputeOptions RecomputeOptions::resolved() const {
 }
 
 RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_, int T_, int lmhead_chunks,
-                   const RecomputeOptions& recompute_, bool offload_residual)
+                   const RecomputeOptions& recompute_, bool offload_residual, bool mlp_up_gradient)
     : B(B_), T(T_), N(B_ * T_), recompute(recompute_.resolved()) {
   LLMQ_REQUIRE(lmhead_chunks >= 1 && lmhead_chunks <= N, "--lmhead-chunks={} must be between 1 and B*T={}",
                lmhead_chunks, N);
@@ -63,7 +63,7 @@ RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_
   d_att = act("d_att", {n, q_ch}, dtype);
   d_qkv = act("d_qkv", {n, qkv_ch}, dtype);
   d_swiglu = act("d_swiglu", {n, D}, dtype);
-  d_mlp_up = act("d_mlp_up", {n, 2 * D}, dtype);
+  if (mlp_up_gradient) d_mlp_up = act("d_mlp_up", {n, 2 * D}, dtype);
 
   inputs = alloc.allocate("inputs", DType::INT32, {n}, MemCategory::Other);
   targets = alloc.allocate("targets", DType::INT32, {n}, MemCategory::Other);

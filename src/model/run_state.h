@@ -62,8 +62,9 @@ struct LayerActivations {
 
 struct RunState {
   // `recompute` is resolved (implications applied) before planning.
+  // mlp_up_gradient: allocate d_mlp_up (FP8 gradients do without it).
   RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks,
-           const RecomputeOptions& recompute = {}, bool offload_residual = false);
+           const RecomputeOptions& recompute = {}, bool offload_residual = false, bool mlp_up_gradient = true);
 
   int B, T, N;
   int lmhead_rows;                 // rows of logits materialised at once
@@ -84,7 +85,7 @@ struct RunState {
   Tensor d_att;                    // [N, Hq*Hs]
   Tensor d_qkv;                    // [N, (Hq + 2*Hkv) * Hs]
   Tensor d_swiglu;                 // [N, D]
-  Tensor d_mlp_up;                 // [N, 2*D]
+  Tensor d_mlp_up;                 // [N, 2*D]; empty with FP8 gradients (mlp_up_gradient false)
 
   // Per-micro-batch token data on the device.
   Tensor inputs, targets;          // int32 [N]

@@ -133,6 +133,16 @@ TEST(RunState, ActivationBytesMatchTheFormula) {
             expected_activation_bytes(cfg, 2, kB * kT / 4, flags("block")));
 }
 
+// FP8 gradients write the SwiGLU gradient straight to e5m2: no d_mlp_up, 2 n D e bytes fewer.
+TEST(RunState, Fp8GradientsNeedNoBf16MlpUpGradient) {
+  Allocator alloc(std::nullopt, std::make_unique<FakeDevice>());
+  RunState run(alloc, small_config(), DType::BF16, kB, kT, 1, {}, false, /*mlp_up_gradient=*/false);
+  EXPECT_EQ(run.d_mlp_up.data, nullptr);
+  EXPECT_NE(run.d_swiglu.data, nullptr);
+  EXPECT_EQ(planned_activation_bytes({}) - alloc.in_use(MemCategory::Activations, MemKind::Device),
+            static_cast<std::size_t>(2) * kB * kT * small_config().intermediate_size * 2);
+}
+
 TEST(RunState, RecomputationSavesMemoryMonotonically) {
   std::map<std::string, std::size_t> bytes;
   for (const std::string& which : kFlagSets) bytes[which] = planned_activation_bytes(flags(which));
