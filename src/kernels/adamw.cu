@@ -155,8 +155,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 StepScalars derive_step_scalars(const AdamWConfig& c) {
   LLMQ_REQUIRE(c.step >= 1, "adamw: step {} (steps count from 1; the bias correction divides by 1 - beta^step)", c.step);
   LLMQ_REQUIRE(c.beta1 >= 0.f && c.beta1 < 1.f && c.beta2 >= 0.f && c.beta2 < 1.f,

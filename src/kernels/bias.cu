@@ -25,8 +25,6 @@ constexpr int kWarps = kThreads / kWarpSize;
 constexpr int kMinRowsPerBlock = 64;
 constexpr int kMaxRowBlocks = 128;
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 int row_blocks_for(int N) { return std::max(1, std::min(ceil_div(N, kMinRowsPerBlock), kMaxRowBlocks)); }
 
 // kWidth consecutive elements at p: one 16-byte vector when kWidth is the vector size, else one element.

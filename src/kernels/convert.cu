@@ -48,8 +48,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 int grid_for(std::size_t n) {
   const std::size_t groups = (n + kGroup - 1) / kGroup;
   return static_cast<int>(std::clamp<std::size_t>((groups + kThreads - 1) / kThreads, 1, kMaxBlocks));

@@ -33,6 +33,9 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // ---- 16-byte vectors ----------------------------------------------------------------------------
+// Host side: may a kernel use 16-byte vector accesses at p?
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
 // Vec<T> holds 16 bytes of T (4 floats, 8 bf16). Loads/stores require 16-byte aligned addresses.
 template <typename T>
 struct alignas(16) Vec {

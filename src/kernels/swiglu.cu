@@ -122,14 +122,16 @@ void launch_forward(T* out, const T* h, int N, int D, cudaStream_t stream, float
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T>
+// kStore false: only the abs-max (dh is null).
+template <typename T, bool kStore = true>
 void launch_backward(T* dh, const T* dout, const T* h, int N, int D, cudaStream_t stream, float* absmax) {
-  require_args("swiglu_backward", dh, dout, h, N, D);
+  require_args(kStore ? "swiglu_backward" : "swiglu_backward_abs_max", dh, dout, h, N, D);
   const long num_vecs = static_cast<long>(N) * (D / Vec<T>::kSize);
   const int blocks = ceil_div(num_vecs, kThreads);  // one vector per thread
   if (absmax != nullptr) {
-    const int capped = std::min(blocks, resident_blocks(swiglu_backward_kernel<T, true>, kThreads));
-    swiglu_backward_kernel<T, true><<<capped, kThreads, 0, stream>>>(dh, dout, h, absmax, D, num_vecs);
+    auto* kernel = swiglu_backward_kernel<T, true, kStore>;
+    const int capped = std::min(blocks, resident_blocks(kernel, kThreads));
+    kernel<<<capped, kThreads, 0, stream>>>(dh, dout, h, absmax, D, num_vecs);
   } else {
     swiglu_backward_kernel<T, false><<<blocks, kThreads, 0, stream>>>(dh, dout, h, nullptr, D, num_vecs);
   }
@@ -141,12 +143,7 @@ void launch_backward(T* dh, const T* dout, const T* h, int N, int D, cudaStream_
 void swiglu_backward_abs_max(float* absmax, const nv_bfloat16* dout, const nv_bfloat16* h, int N, int D,
                              cudaStream_t stream) {
   LLMQ_REQUIRE(absmax != nullptr, "swiglu_backward_abs_max: null abs-max pointer");
-  require_args("swiglu_backward_abs_max", dout, h, h, N, D);
-  const long num_vecs = static_cast<long>(N) * (D / Vec<nv_bfloat16>::kSize);
-  auto* kernel = swiglu_backward_kernel<nv_bfloat16, true, false>;
-  const int blocks = std::min(ceil_div(num_vecs, kThreads), resident_blocks(kernel, kThreads));
-  kernel<<<blocks, kThreads, 0, stream>>>(nullptr, dout, h, absmax, D, num_vecs);
-  LLMQ_CUDA_CHECK_LAUNCH();
+  launch_backward<nv_bfloat16, false>(nullptr, dout, h, N, D, stream, absmax);
 }
 
 void swiglu_forward(float* out, const float* h, int N, int D, cudaStream_t stream, float* absmax) {

@@ -72,8 +72,6 @@ __global__ void __launch_bounds__(fp8::kTileThreads)
   store_group<kQuantGroup>(q_t + (static_cast<std::size_t>(D) + c) * N, r0 + lc, N, vec.store_t, column);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat16* dout, const nv_bfloat16* h,

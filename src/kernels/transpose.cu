@@ -161,8 +161,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----------------------------------------------------------------------------------
 
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 dim3 tile_grid(std::int64_t rows, std::int64_t cols, int tile) {
   const std::int64_t row_tiles = (rows + tile - 1) / tile, col_tiles = (cols + tile - 1) / tile;
   return dim3(static_cast<unsigned>(std::min(row_tiles, kMaxGridX)), static_cast<unsigned>(std::min(col_tiles, kMaxGridY)));

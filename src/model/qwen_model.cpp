@@ -106,7 +106,7 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   // Offloading copies run on streams of their own, keyed to host-side slot bookkeeping that a replay
   // would not redo: those runs stay eager (the command line refuses an explicit request for both).
   const bool streams = residuals_ || weight_layers_ || grad_layers_ || (fp8_ && fp8_->streams_weights());
-  cuda_graphs_failed_ = opts.use_cuda_graphs && streams;
+  cuda_graphs_off_ = opts.use_cuda_graphs && streams;
 }
 
 template <typename T>

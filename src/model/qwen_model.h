@@ -225,7 +225,7 @@ class QwenModel final : public Model {
   // gradient bookkeeping differ between positions, nothing else does), captured once and replayed.
   std::vector<cudaGraphExec_t> step_graphs_;
   bool first_micro_step_done_ = false;
-  bool cuda_graphs_failed_ = false;
+  bool cuda_graphs_off_ = false;              // after a failed capture, or for runs that stream layers
   int graph_launches_ = 0;
   int graph_captures_ = 0;
 };

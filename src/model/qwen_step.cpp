@@ -441,7 +441,7 @@ void QwenModel<T>::forward_backward(const std::int32_t* inputs, const std::int32
   prepare_fp8();
   // The very first micro-step runs eagerly: cuBLASLt plans and cuDNN attention graphs are created
   // (and matmuls autotuned) on first use, and their setup cannot happen inside a capture.
-  const bool use_graph = opts_.use_cuda_graphs && first_micro_step_done_ && !cuda_graphs_failed_;
+  const bool use_graph = opts_.use_cuda_graphs && first_micro_step_done_ && !cuda_graphs_off_;
   if (!use_graph || !launch_step_graph(micro_step)) micro_step_kernels(micro_step);
   first_micro_step_done_ = true;
 }
@@ -495,7 +495,7 @@ cudaGraphExec_t QwenModel<T>::instantiate_micro_step(int micro_step) {
 
 template <typename T>
 void QwenModel<T>::disable_cuda_graphs(const std::string& reason) {
-  cuda_graphs_failed_ = true;
+  cuda_graphs_off_ = true;
   std::string line = reason;
   std::replace(line.begin(), line.end(), '\n', ' ');
   fmt::print(stderr, "warning: --use-cuda-graphs: {}; running every micro-step without graphs from now on\n", line);
