@@ -63,23 +63,36 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
   *reinterpret_cast<int4*>(p) = *reinterpret_cast<const int4*>(&v);
 }
 
-// Loads kGroup consecutive elements starting at i0 as floats (zeros past n), with 16-byte vector
-// loads when `vectorized` (base pointer 16-byte aligned) and the group is whole; store_group writes back.
-// kGroup must be a multiple of Vec<T>::kSize; kStreaming uses the read-once cache hint.
+// Loads kGroup consecutive elements starting at i0 as kGroup / Vec<T>::kSize raw vectors (zeros past n),
+// with 16-byte vector loads when `vectorized` (base pointer 16-byte aligned) and the group is whole.
+// Keeping the raw vectors (and converting element by element where they are used) takes half the
+// registers of a float array for bf16. kStreaming uses the read-once cache hint: only for groups whose
+// 32-byte sectors one load instruction covers whole (a thread's two 16-byte halves of one sector in two
+// instructions would each fetch the sector from L2 again). kWhole: the caller guarantees a whole,
+// aligned group (the bounds check and the element path compile away).
+template <int kGroup, bool kStreaming = false, bool kWhole = false, typename T>
+__device__ __forceinline__ void load_raw_group(const T* p, std::size_t i0, std::size_t n, bool vectorized,
+                                               Vec<T> (&v)[kGroup / Vec<T>::kSize]) {
+  constexpr int kVec = Vec<T>::kSize;
+  static_assert(kGroup % kVec == 0, "kGroup must be a multiple of the vector width");
+  if (kWhole || (vectorized && i0 + kGroup <= n)) {
+#pragma unroll
+    for (int part = 0; part < kGroup / kVec; ++part)
+      v[part] = kStreaming ? load_vec_stream(p + i0 + part * kVec) : load_vec(p + i0 + part * kVec);
+  } else {
+#pragma unroll
+    for (int k = 0; k < kGroup; ++k) v[k / kVec][k % kVec] = i0 + k < n ? p[i0 + k] : from_float<T>(0.f);
+  }
+}
+
+// The same as floats.
 template <int kGroup, bool kStreaming = false, typename T>
 __device__ __forceinline__ void load_group(const T* p, std::size_t i0, std::size_t n, bool vectorized, float (&x)[kGroup]) {
   constexpr int kVec = Vec<T>::kSize;
-  if (vectorized && i0 + kGroup <= n) {
+  Vec<T> v[kGroup / kVec];
+  load_raw_group<kGroup, kStreaming>(p, i0, n, vectorized, v);
 #pragma unroll
-    for (int part = 0; part < kGroup / kVec; ++part) {
-      const Vec<T> v = kStreaming ? load_vec_stream(p + i0 + part * kVec) : load_vec(p + i0 + part * kVec);
-#pragma unroll
-      for (int k = 0; k < kVec; ++k) x[part * kVec + k] = to_float(v[k]);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < kGroup; ++k) x[k] = i0 + k < n ? to_float(p[i0 + k]) : 0.f;
-  }
+  for (int k = 0; k < kGroup; ++k) x[k] = to_float(v[k / kVec][k % kVec]);
 }
 
 template <int kGroup, typename T>

@@ -80,10 +80,8 @@ __global__ void __launch_bounds__(kThreads)
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t g = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     float v[kQuantGroup];
-    load_group<kQuantGroup, true>(x, g * kQuantGroup, n, vectorized, v);
-    fp8_byte out[kQuantGroup];
-    quantize_group<kFormat>(v, scale, out);
-    store_group<kQuantGroup>(q, g * kQuantGroup, n, vectorized, out);
+    load_group<kQuantGroup>(x, g * kQuantGroup, n, vectorized, v);  // two 16-byte halves of a sector: no streaming hint
+    fp8::store_fp8_group(q, g * kQuantGroup, n, vectorized, quantize_group<kFormat>(v, scale));
   }
 }
 
@@ -105,22 +103,20 @@ __global__ void __launch_bounds__(kThreads)
   if (blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) *scale_inv = 1.f / scale;
   const int r0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
   const int lr = fp8::tile_row(), lc = fp8::tile_col();
-  fp8_byte out[kQuantGroup] = {};  // rows past the end stay 0 in the tile (never stored)
+  fp8::Fp8Group out;  // rows past the end stay 0 in the tile (never stored)
   if (r0 + lr < rows) {
     const std::size_t row_offset = static_cast<std::size_t>(r0 + lr) * cols;
     float v[kQuantGroup];
-    load_group<kQuantGroup, true>(x + row_offset, c0 + lc, cols, vec.load_x, v);
-    quantize_group<kFormat>(v, scale, out);
-    if (q) store_group<kQuantGroup>(q + row_offset, c0 + lc, cols, vec.store_q, out);
+    load_group<kQuantGroup>(x + row_offset, c0 + lc, cols, vec.load_x, v);
+    out = quantize_group<kFormat>(v, scale);
+    if (q) fp8::store_fp8_group(q + row_offset, c0 + lc, cols, vec.store_q, out);
   }
   if (!q_t) return;  // uniform over the grid
   fp8::park_in_tile(tile, out);
   __syncthreads();
   const int c = c0 + lr;  // this thread writes q_t[c, r0 + lc .. r0 + lc + 16)
   if (c >= cols) return;
-  fp8_byte column[kQuantGroup];
-  fp8::column_from_tile(tile, column);
-  store_group<kQuantGroup>(q_t + static_cast<std::size_t>(c) * rows, r0 + lc, rows, vec.store_t, column);
+  fp8::store_fp8_group(q_t + static_cast<std::size_t>(c) * rows, r0 + lc, rows, vec.store_t, fp8::column_from_tile(tile));
 }
 
 // ---- host side ----------------------------------------------------------------------------------

@@ -30,6 +30,9 @@ struct SwigluVectorization {
   bool store_t;  // q_t aligned and N % 16 == 0
 };
 
+// kWhole: N and D are multiples of the tile and every access is vectorized (the training shapes), so
+// the bounds checks and element paths compile away.
+template <bool kWhole>
 __global__ void __launch_bounds__(fp8::kTileThreads)
     swiglu_backward_e5m2_kernel(fp8_byte* q, fp8_byte* q_t, float* scale_inv, const nv_bfloat16* dout,
                                 const nv_bfloat16* h, const float* absmax, int N, int D, float fp8_max,
@@ -40,36 +43,44 @@ __global__ void __launch_bounds__(fp8::kTileThreads)
   const int r0 = blockIdx.x * kTile, c0 = blockIdx.y * kTile;
   const int lr = fp8::tile_row(), lc = fp8::tile_col();
   const std::size_t two_d = 2 * static_cast<std::size_t>(D);
-  fp8_byte q_gate[kQuantGroup] = {}, q_up[kQuantGroup] = {};  // rows past N stay 0 (never stored)
-  if (r0 + lr < N) {
+  fp8::Fp8Group q_gate, q_up;  // rows past N stay 0 (never stored)
+  if (kWhole || r0 + lr < N) {
     const std::size_t row = r0 + lr;
-    float gate[kQuantGroup], up[kQuantGroup], dy[kQuantGroup];
-    load_group<kQuantGroup, true>(h + row * two_d, c0 + lc, D, vec.load, gate);
-    load_group<kQuantGroup, true>(h + row * two_d + D, c0 + lc, D, vec.load, up);
-    load_group<kQuantGroup, true>(dout + row * D, c0 + lc, D, vec.load, dy);
-    float d_gate[kQuantGroup], d_up[kQuantGroup];
+    // Raw bf16 vectors, converted element by element below: a float copy of all three would double the
+    // registers and halve the resident blocks.
+    constexpr int kParts = kQuantGroup / Vec<nv_bfloat16>::kSize;
+    Vec<nv_bfloat16> gate[kParts], up[kParts], dy[kParts];
+    load_raw_group<kQuantGroup, false, kWhole>(h + row * two_d, c0 + lc, D, vec.load, gate);
+    load_raw_group<kQuantGroup, false, kWhole>(h + row * two_d + D, c0 + lc, D, vec.load, up);
+    load_raw_group<kQuantGroup, false, kWhole>(dout + row * D, c0 + lc, D, vec.load, dy);
 #pragma unroll
-    for (int k = 0; k < kQuantGroup; ++k) {
-      float dg, du;
-      swiglu_grad(gate[k], up[k], dy[k], dg, du);
-      d_gate[k] = __bfloat162float(__float2bfloat16(dg));  // the bf16 dh the unfused path quantizes
-      d_up[k] = __bfloat162float(__float2bfloat16(du));
+    for (int k = 0; k < kQuantGroup; k += 2) {
+      float d_gate[2], d_up[2];
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        constexpr int kVec = Vec<nv_bfloat16>::kSize;
+        const int e = k + m;
+        float dg, du;
+        swiglu_grad(to_float(gate[e / kVec][e % kVec]), to_float(up[e / kVec][e % kVec]),
+                    to_float(dy[e / kVec][e % kVec]), dg, du);
+        d_gate[m] = __bfloat162float(__float2bfloat16(dg));  // the bf16 dh the unfused path quantizes
+        d_up[m] = __bfloat162float(__float2bfloat16(du));
+      }
+      fp8::quantize_pair<__NV_E5M2>(q_gate, k, d_gate[0], d_gate[1], scale);
+      fp8::quantize_pair<__NV_E5M2>(q_up, k, d_up[0], d_up[1], scale);
     }
-    fp8::quantize_group<__NV_E5M2>(d_gate, scale, q_gate);
-    fp8::quantize_group<__NV_E5M2>(d_up, scale, q_up);
-    store_group<kQuantGroup>(q + row * two_d, c0 + lc, D, vec.store_q, q_gate);
-    store_group<kQuantGroup>(q + row * two_d + D, c0 + lc, D, vec.store_q, q_up);
+    fp8::store_fp8_group<kWhole>(q + row * two_d, c0 + lc, D, vec.store_q, q_gate);
+    fp8::store_fp8_group<kWhole>(q + row * two_d + D, c0 + lc, D, vec.store_q, q_up);
   }
   fp8::park_in_tile(gate_tile, q_gate);
   fp8::park_in_tile(up_tile, q_up);
   __syncthreads();
   const int c = c0 + lr;  // this thread writes q_t rows c and D + c, columns r0 + lc .. +16
-  if (c >= D) return;
-  fp8_byte column[kQuantGroup];
-  fp8::column_from_tile(gate_tile, column);
-  store_group<kQuantGroup>(q_t + static_cast<std::size_t>(c) * N, r0 + lc, N, vec.store_t, column);
-  fp8::column_from_tile(up_tile, column);
-  store_group<kQuantGroup>(q_t + (static_cast<std::size_t>(D) + c) * N, r0 + lc, N, vec.store_t, column);
+  if (!kWhole && c >= D) return;
+  fp8::store_fp8_group<kWhole>(q_t + static_cast<std::size_t>(c) * N, r0 + lc, N, vec.store_t,
+                               fp8::column_from_tile(gate_tile));
+  fp8::store_fp8_group<kWhole>(q_t + (static_cast<std::size_t>(D) + c) * N, r0 + lc, N, vec.store_t,
+                               fp8::column_from_tile(up_tile));
 }
 
 }  // namespace
@@ -88,9 +99,11 @@ void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat1
   const SwigluVectorization vec{.load = aligned16(dout) && aligned16(h),
                                 .store_q = aligned16(q) && D % 16 == 0,
                                 .store_t = aligned16(q_t) && N % 16 == 0};
+  const bool whole = vec.load && vec.store_q && vec.store_t && N % kTile == 0 && D % kTile == 0;
   const dim3 grid(ceil_div(N, kTile), ceil_div(D, kTile));
-  swiglu_backward_e5m2_kernel<<<grid, fp8::kTileThreads, 0, stream>>>(
-      static_cast<fp8_byte*>(q), static_cast<fp8_byte*>(q_t), scale_inv, dout, h, absmax, N, D, fp8_max(DType::E5M2), vec);
+  auto* kernel = whole ? swiglu_backward_e5m2_kernel<true> : swiglu_backward_e5m2_kernel<false>;
+  kernel<<<grid, fp8::kTileThreads, 0, stream>>>(static_cast<fp8_byte*>(q), static_cast<fp8_byte*>(q_t), scale_inv, dout,
+                                                 h, absmax, N, D, fp8_max(DType::E5M2), vec);
   LLMQ_CUDA_CHECK_LAUNCH();
 }
 
