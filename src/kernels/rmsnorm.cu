@@ -138,17 +138,33 @@ __global__ void __launch_bounds__(kMaxThreads)
   }
   unsigned int absmax_bits = 0;  // |dx| of this thread's elements, see max_abs_bits
 
+  // This thread's vectors of dout and x of one row (nothing past the row's end).
+  auto load_row = [&](int n, Vec<T>(&dov)[kVecsPerThread<T>], Vec<T>(&xv)[kVecsPerThread<T>]) {
+#pragma unroll
+    for (int j = 0; j < kVecsPerThread<T>; ++j) {
+      if (!vec_in_row(j, vecs_per_row)) continue;
+      const long at = static_cast<long>(n) * C + vec_col<T>(j);
+      dov[j] = load_vec(dout + at);
+      xv[j] = load_vec(x + at);
+    }
+  };
+  // The next row's loads are issued before this row's block reduction and stores, so that a block keeps
+  // memory busy through its barriers (the grid is only about kBackwardThreadTarget threads).
+  Vec<T> dov[kVecsPerThread<T>], xv[kVecsPerThread<T>];
+  if (static_cast<int>(blockIdx.x) < N) load_row(blockIdx.x, dov, xv);
   for (int n = blockIdx.x; n < N; n += gridDim.x) {  // uniform over the block: block_sum is safe
     const long row = static_cast<long>(n) * C;
     const float r = rstd[n];
-    Vec<T> dov[kVecsPerThread<T>], xv[kVecsPerThread<T>];
+    Vec<T> prev[kVecsPerThread<T>];
+    if (dresidual != nullptr) {
+#pragma unroll
+      for (int j = 0; j < kVecsPerThread<T>; ++j)
+        if (vec_in_row(j, vecs_per_row)) prev[j] = load_vec(dresidual + row + vec_col<T>(j));
+    }
     float dot = 0.f;  // sum_c g * xhat
 #pragma unroll
     for (int j = 0; j < kVecsPerThread<T>; ++j) {
       if (!vec_in_row(j, vecs_per_row)) continue;
-      const int c = vec_col<T>(j);
-      dov[j] = load_vec(dout + row + c);
-      xv[j] = load_vec(x + row + c);
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const float d = to_float(dov[j][k]);
@@ -157,25 +173,26 @@ __global__ void __launch_bounds__(kMaxThreads)
         dw_sum[j][k] += d * xhat;
       }
     }
+    Vec<T> next_dov[kVecsPerThread<T>], next_xv[kVecsPerThread<T>];
+    if (n + static_cast<int>(gridDim.x) < N) load_row(n + gridDim.x, next_dov, next_xv);
     const float mean = block_sum(dot, reduce_scratch) / static_cast<float>(C);
 
 #pragma unroll
     for (int j = 0; j < kVecsPerThread<T>; ++j) {
       if (!vec_in_row(j, vecs_per_row)) continue;
-      const int c = vec_col<T>(j);
-      Vec<T> prev;
-      if (dresidual != nullptr) prev = load_vec(dresidual + row + c);
       Vec<T> o;
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         const float g = to_float(dov[j][k]) * to_float(wv[j][k]);
         const float xhat = to_float(xv[j][k]) * r;
         float v = r * (g - xhat * mean);
-        if (dresidual != nullptr) v += to_float(prev[k]);
+        if (dresidual != nullptr) v += to_float(prev[j][k]);
         o[k] = from_float<T>(v);
         if constexpr (kAbsMax) absmax_bits = max_abs_bits(absmax_bits, to_float(o[k]));
       }
-      store_vec(dx + row + c, o);
+      store_vec(dx + row + vec_col<T>(j), o);
+      dov[j] = next_dov[j];
+      xv[j] = next_xv[j];
     }
   }
   if constexpr (kAbsMax) atomic_max_abs(absmax, __uint_as_float(absmax_bits));  // every lane gets here
