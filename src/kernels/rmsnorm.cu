@@ -17,7 +17,9 @@
 // row is read from memory once. Block width = C / 16 rounded up to a warp, at most 512 threads: C <= 8192
 // (rmsnorm_max_width). dw is reduced deterministically: each backward block sums its rows' dout * xhat
 // into fp32 registers and writes them to scratch[block, C]; a second kernel adds the partials of all
-// blocks in block order and adds the result to dw. The number of blocks depends on N and C only.
+// blocks in block order and adds the result to dw. The backward grid is one wave of blocks (as many as
+// fit on the GPU at once, at most N), each looping over rows n = block, block + grid, ...; its size
+// depends on N, C and the GPU, so dw is bit-reproducible on one GPU model.
 //
 // Abs-max (FP8 scales): given `absmax`, the bf16/fp32 launchers also fold max |v| over every element of
 // out (forward; not residual_out) or dx (backward), taken after rounding to the element type, into
@@ -25,7 +27,7 @@
 // its warp adds it with one atomic at the end. The abs-max forward runs one wave of blocks (as many as fit
 // on the GPU at once) that loop over rows, so the atomics stay near one per resident warp instead of one
 // per warp of every row; without absmax it is the unchanged one-block-per-row kernel. The backward keeps
-// its grid (already at most kBackwardThreadTarget threads).
+// its one-wave grid.
 //
 // Requirements: C % 8 == 0 (16-byte vectors; our widths 896 ... 5120 qualify), pointers 16-byte aligned.
 #include "kernels/rmsnorm.h"
@@ -43,7 +45,6 @@ constexpr int kElemsPerThread = 16;  // 4 fp32 / 2 bf16 vectors per thread: rows
 template <typename T>
 constexpr int kVecsPerThread = kElemsPerThread / Vec<T>::kSize;
 constexpr int kMaxThreads = 512;              // with __launch_bounds__: at most 128 registers per thread
-constexpr int kBackwardThreadTarget = 65536;  // backward grid: about this many threads in total
 constexpr int kReduceColumnThreads = 8;       // dw reduce block: 8 float4 column groups ...
 constexpr int kReducePartialThreads = 32;     // ... x 32 threads striding over the partial rows
 
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(kMaxThreads)
     }
   };
   // The next row's loads are issued before this row's block reduction and stores, so that a block keeps
-  // memory busy through its barriers (the grid is only about kBackwardThreadTarget threads).
+  // memory busy through its barriers (the grid is one wave of blocks, each looping over rows).
   Vec<T> dov[kVecsPerThread<T>], xv[kVecsPerThread<T>];
   if (static_cast<int>(blockIdx.x) < N) load_row(blockIdx.x, dov, xv);
   for (int n = blockIdx.x; n < N; n += gridDim.x) {  // uniform over the block: block_sum is safe
@@ -246,7 +247,6 @@ __global__ void rmsnorm_dw_reduce_kernel(TW* dw, const float* __restrict__ parti
 // Threads per row: the same for both element types (each thread owns kElemsPerThread elements).
 int row_threads(int C) { return ceil_div(ceil_div(C, kElemsPerThread), kWarpSize) * kWarpSize; }
 
-int backward_blocks(int N, int C) { return std::max(1, std::min(N, kBackwardThreadTarget / row_threads(C))); }
 
 void require_aligned(const void* p, const char* what, const char* op) {
   LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
@@ -286,6 +286,13 @@ void launch_forward(const char* op, T* residual_out, T* out, float* rstd, const 
         <<<N, threads, 0, stream>>>(residual_out, out, rstd, nullptr, residual, x, w, eps, N, C);
   }
   LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+// Backward grid: one wave, as many blocks as fit on the GPU at once (the rows spread evenly over the SMs,
+// no second partial wave), at most N. Sized for the bf16 kernel, the training path; both element types
+// use the same count so that one scratch size serves both.
+int backward_blocks(int N, int C) {
+  return std::max(1, std::min(N, resident_blocks(rmsnorm_backward_kernel<nv_bfloat16, true>, row_threads(C))));
 }
 
 template <typename T, typename TW>
