@@ -58,7 +58,7 @@ MODEL_DEFAULTS = {
     "Qwen2.5-3B": {"batch": 8, "accum": 4, "flags": []},
     "Qwen2.5-7B": {"batch": 4, "accum": 8, "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"],
                    "e4m3": {"batch": 2, "accum": 8,
-                            "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16", "--recompute-swiglu"]}},
+                            "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"]}},
 }
 FALLBACK_DEFAULT = {"batch": 4, "accum": 4, "flags": []}  # a model not in the table
 

@@ -8,12 +8,14 @@
 // The data gradient reads dy K-major along the output features, the weight gradient along the
 // tokens: one quantize+transpose pass writes both. The weight gradient's x^T is the forward's x
 // quantized with the same abs-max slot, transposed; it comes from one of two places, same bytes:
-//   keep_input_transposes (the speed configuration: no recomputation, no offloading): the forward's
-//     quantization pass writes x (row-major, shared scratch, for its GEMM) and x^T into a buffer of
-//     that block matrix's own (one per layer and GEMM: N * in_f bytes each, category Quants), which
-//     the backward reads directly;
-//   otherwise (costs no memory): the backward quantizes the bf16 x again, transposed. Recomputation
-//     refills x with the forward's bits and the abs-max slot keeps its value, so both ways agree.
+//   keep_input_transposes (FP8 gradients without recomputation): the forward's quantization pass
+//     writes x (row-major, shared scratch, for its GEMM) and x^T into a buffer of that block
+//     matrix's own (one per layer and GEMM: N * in_f bytes each, category Quants), which the
+//     backward reads directly; the bf16 x is then not kept per layer (run_state.h), so this costs
+//     less memory than keeping x, besides saving a pass;
+//   otherwise (with recomputation, which refills x per layer): the backward quantizes the bf16 x
+//     again, transposed. Recomputation refills x with the forward's bits and the abs-max slot keeps
+//     its value, so both ways agree.
 // Scales are "current": scale = fp8_max / abs-max of the tensor being quantized, where the abs-max
 // of activations and activation gradients comes from the kernel that produced the tensor
 // (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are

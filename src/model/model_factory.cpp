@@ -1,6 +1,5 @@
 #include "model/model_factory.h"
 
-#include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include "core/gpu_info.h"
@@ -57,22 +56,6 @@ QwenModelOptions model_options(const TrainOptions& opts) {
   return m;
 }
 
-// The FP8 speed configuration keeps every GEMM input's x^T for the weight gradient (fp8_linear.h).
-// Where that would not fit --memory-limit (or the free device memory, less a margin for the CUDA
-// libraries' own allocations), the backward re-quantizes x instead: slower, but the run starts.
-void fit_fp8_input_transposes(const ModelConfig& cfg, QwenModelOptions& m) {
-  if (!m.keeps_fp8_input_transposes()) return;
-  constexpr std::size_t kLibraryMargin = std::size_t{512} << 20;
-  std::size_t free = 0, total = 0;
-  LLMQ_CUDA_CHECK(cudaMemGetInfo(&free, &total));
-  const std::size_t budget = m.memory_limit.value_or(free > kLibraryMargin ? free - kLibraryMargin : 0);
-  const MemoryPlan keep = plan_qwen_memory(cfg, m);
-  if (keep.device_bytes <= budget) return;
-  m.keep_fp8_input_transposes = false;
-  fmt::print("FP8: the weight gradients re-quantize their inputs: keeping them from the forward would need "
-             "{:.2f} GiB of device memory, {:.2f} GiB are available\n", keep.device_bytes / 1073741824.0,
-             budget / 1073741824.0);
-}
 }  // namespace
 
 std::unique_ptr<Model> build_model(const TrainOptions& opts) {
@@ -87,9 +70,7 @@ std::unique_ptr<Model> build_model(const TrainOptions& opts) {
   } else {
     fmt::print("Initialising {} from scratch (seed {})\n", cfg.name, opts.seed);
   }
-  QwenModelOptions m = model_options(opts);
-  fit_fp8_input_transposes(cfg, m);
-  return make_qwen_model(cfg, m, weights);
+  return make_qwen_model(cfg, model_options(opts), weights);
 }
 
 void apply_auto_fit(TrainOptions& opts) {

@@ -13,7 +13,8 @@ RecomputeOptions RecomputeOptions::resolved() const {
 }
 
 RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_, int T_, int lmhead_chunks,
-                   const RecomputeOptions& recompute_, bool offload_residual, bool mlp_up_gradient)
+                   const RecomputeOptions& recompute_, bool offload_residual, bool mlp_up_gradient,
+                   bool gemm_inputs_kept_as_fp8)
     : B(B_), T(T_), N(B_ * T_), recompute(recompute_.resolved()) {
   LLMQ_REQUIRE(lmhead_chunks >= 1 && lmhead_chunks <= N, "--lmhead-chunks={} must be between 1 and B*T={}",
                lmhead_chunks, N);
@@ -25,14 +26,20 @@ RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_
   auto act = [&](const std::string& name, std::initializer_list<std::int64_t> shape, DType t) {
     return alloc.allocate(name, t, shape, kAct);
   };
-  // One buffer per layer, or (when the backward pass recomputes it) one buffer all layers share.
+  // One buffer per layer, or (when the backward pass recomputes it or never reads it) one buffer all
+  // layers share.
   layers.resize(L);
-  auto plan = [&](Tensor LayerActivations::*field, bool recomputed, const char* name,
-                  std::initializer_list<std::int64_t> shape, DType t) {
-    const Tensor shared = recomputed ? act(fmt::format("{} (recomputed, all layers)", name), shape, t) : Tensor{};
+  enum class Keep { PerLayer, Recomputed, KeptAsFp8 };
+  auto plan = [&](Tensor LayerActivations::*field, Keep keep, const char* name, std::initializer_list<std::int64_t> shape,
+                  DType t) {
+    const char* why = keep == Keep::Recomputed ? "recomputed" : "kept as FP8 x^T";
+    const Tensor shared = keep != Keep::PerLayer ? act(fmt::format("{} ({}, all layers)", name, why), shape, t) : Tensor{};
     for (int l = 0; l < L; ++l)
-      layers[l].*field = recomputed ? shared : act(fmt::format("layers.{}.{}", l, name), shape, t);
+      layers[l].*field = keep != Keep::PerLayer ? shared : act(fmt::format("layers.{}.{}", l, name), shape, t);
   };
+  auto keep_if = [](bool recomputed) { return recomputed ? Keep::Recomputed : Keep::PerLayer; };
+  // A GEMM input the backward reads only as the forward's FP8 x^T (recomputation is off then).
+  auto gemm_input = [&](bool recomputed) { return gemm_inputs_kept_as_fp8 ? Keep::KeptAsFp8 : keep_if(recomputed); };
 
   if (offload_residual) {
     for (int s = 0; s < 2; ++s) residual_slots[s] = act(fmt::format("residual (offloaded, slot {})", s), {n, C}, dtype);
@@ -41,16 +48,18 @@ RunState::RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B_
     for (int l = 0; l <= L; ++l) residual.push_back(act(fmt::format("residual.{}", l), {n, C}, dtype));
   }
   const RecomputeOptions& rc = recompute;
-  plan(&LayerActivations::ln1_out, rc.norm, "ln1_out", {n, C}, dtype);
-  plan(&LayerActivations::ln1_rstd, false, "ln1_rstd", {n}, DType::FP32);
-  plan(&LayerActivations::qkv, rc.qkv, "qkv", {n, qkv_ch}, dtype);
-  plan(&LayerActivations::att, rc.att, "att", {n, q_ch}, dtype);
-  plan(&LayerActivations::att_lse, rc.att, "att_lse", {B, cfg.num_query_heads, T}, DType::FP32);
-  plan(&LayerActivations::residual_mid, rc.block, "residual_mid", {n, C}, dtype);
-  plan(&LayerActivations::ln2_out, rc.norm, "ln2_out", {n, C}, dtype);
-  plan(&LayerActivations::ln2_rstd, false, "ln2_rstd", {n}, DType::FP32);
-  plan(&LayerActivations::mlp_up, rc.ffn, "mlp_up", {n, 2 * D}, dtype);
-  plan(&LayerActivations::swiglu_out, rc.swiglu, "swiglu_out", {n, D}, dtype);
+  LLMQ_REQUIRE(!gemm_inputs_kept_as_fp8 || !rc.any(),
+               "internal error: FP8-kept GEMM inputs together with recomputation (which reads them)");
+  plan(&LayerActivations::ln1_out, gemm_input(rc.norm), "ln1_out", {n, C}, dtype);
+  plan(&LayerActivations::ln1_rstd, Keep::PerLayer, "ln1_rstd", {n}, DType::FP32);
+  plan(&LayerActivations::qkv, keep_if(rc.qkv), "qkv", {n, qkv_ch}, dtype);
+  plan(&LayerActivations::att, keep_if(rc.att), "att", {n, q_ch}, dtype);
+  plan(&LayerActivations::att_lse, keep_if(rc.att), "att_lse", {B, cfg.num_query_heads, T}, DType::FP32);
+  plan(&LayerActivations::residual_mid, keep_if(rc.block), "residual_mid", {n, C}, dtype);
+  plan(&LayerActivations::ln2_out, gemm_input(rc.norm), "ln2_out", {n, C}, dtype);
+  plan(&LayerActivations::ln2_rstd, Keep::PerLayer, "ln2_rstd", {n}, DType::FP32);
+  plan(&LayerActivations::mlp_up, keep_if(rc.ffn), "mlp_up", {n, 2 * D}, dtype);
+  plan(&LayerActivations::swiglu_out, gemm_input(rc.swiglu), "swiglu_out", {n, D}, dtype);
   final_out = act("final_out", {n, C}, dtype);
   final_rstd = act("final_rstd", {n}, DType::FP32);
 

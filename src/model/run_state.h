@@ -22,6 +22,8 @@
 //   qkv      qkv                                   ln1_out (QKV GEMM + bias, RoPE)
 //   att      att, att_lse (and qkv)                qkv (attention forward)
 //   block    all of the above and residual_mid     residual[l] (attention-out GEMM + fused add + norm)
+// FP8 speed configuration (gemm_inputs_kept_as_fp8, no recomputation): the forward keeps x^T e4m3 of
+// every block GEMM input, so ln1_out, ln2_out and swiglu_out are shared too and never recomputed.
 // The rstd vectors (fp32 [N], under 0.5% of a layer) and residual[0..L] are always kept per layer;
 // with offload_residual (--offload-residual) residual[0..L] live in pinned host memory and
 // residual[i] points at device slot i % 2 (residual_streamer.h moves them).
@@ -63,15 +65,19 @@ struct LayerActivations {
 struct RunState {
   // `recompute` is resolved (implications applied) before planning.
   // mlp_up_gradient: allocate d_mlp_up (FP8 gradients do without it).
+  // gemm_inputs_kept_as_fp8: the FP8 forward keeps x^T e4m3 of every block GEMM input for the weight
+  // gradient (fp8_linear.h), so the backward never reads ln1_out, ln2_out or swiglu_out: each is one
+  // buffer all layers share (att stays per layer: the attention backward reads it).
   RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks,
-           const RecomputeOptions& recompute = {}, bool offload_residual = false, bool mlp_up_gradient = true);
+           const RecomputeOptions& recompute = {}, bool offload_residual = false, bool mlp_up_gradient = true,
+           bool gemm_inputs_kept_as_fp8 = false);
 
   int B, T, N;
   int lmhead_rows;                 // rows of logits materialised at once
   RecomputeOptions recompute;      // resolved
   std::vector<Tensor> residual;    // L+1 tensors [N, C]: residual[l] is the input of layer l
   std::array<Tensor, 2> residual_slots;  // with offload_residual: the device buffers residual[] share
-  std::vector<LayerActivations> layers;  // recomputed entries alias one buffer across layers
+  std::vector<LayerActivations> layers;  // recomputed (or FP8-kept) entries alias one buffer across layers
   Tensor final_out, final_rstd;    // [N, C], fp32 [N]
 
   // Forward scratch (not needed by backward).

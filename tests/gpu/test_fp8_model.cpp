@@ -15,9 +15,11 @@
 //     before the backward (so it must read the kept copy); a backward without this micro-step's
 //     forward is refused; the option is ignored where the backward is not FP8;
 //   - the tiny model with e4m3 + e5m2, 3 steps x 2 micro-steps (eager and with CUDA graphs) against
-//     configurations that re-quantize (--offload-opt-m, --recompute-swiglu: neither changes the
-//     numbers): bit-identical losses, gradient norms, evaluation losses (between and after the steps)
-//     and checkpoint tensors; the Quants category holds exactly the kept buffers more.
+//     configurations that re-quantize (keep_fp8_input_transposes off, --recompute-swiglu: neither
+//     changes the numbers) and one that keeps x^T with an offload flag (--offload-opt-m):
+//     bit-identical losses, gradient norms, evaluation losses (between and after the steps) and
+//     checkpoint tensors; the Quants category holds exactly the kept buffers more, and Activations
+//     exactly L - 1 layers' bf16 GEMM inputs (ln1_out, ln2_out, swiglu_out) less.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -75,6 +77,7 @@ void pattern_batch(int step, std::vector<std::int32_t>& inputs, std::vector<std:
 struct TrainingRun {
   std::vector<StepResult> steps;
   std::size_t quant_bytes = 0;
+  std::size_t activation_bytes = 0;
 };
 
 TrainingRun train(const QwenModelOptions& o) {
@@ -346,6 +349,7 @@ struct KeptRun {
   std::vector<float> eval_losses;                  // after step 2 and after step 3
   std::map<std::string, test::Bytes> checkpoint;  // weights, adam_m, adam_v after the last step
   std::size_t quant_bytes = 0;
+  std::size_t activation_bytes = 0;
 };
 
 // Steps 1-2, an evaluation (a forward that overwrites every kept x^T), step 3, an evaluation.
@@ -353,6 +357,7 @@ KeptRun train_and_evaluate(const QwenModelOptions& o) {
   std::unique_ptr<Model> model = test::make_tiny_qwen2(o, tiny_shape());
   KeptRun r;
   r.quant_bytes = model->allocator().in_use(MemCategory::Quants, MemKind::Device);
+  r.activation_bytes = model->allocator().in_use(MemCategory::Activations, MemKind::Device);
   const int vocab = tiny_shape().vocab, rows = kB * kT;
   const test::BatchSource batches = test::seeded_batches(vocab, rows);
   std::vector<std::int32_t> eval_inputs, eval_targets;
@@ -379,23 +384,43 @@ void expect_same_run(const KeptRun& run, const KeptRun& ref) {
 
 }  // namespace
 
-// The speed configuration keeps x^T; an offload or recompute flag turns that off and (as the offload
-// and recompute tests check) changes no number, so the runs must agree bit for bit.
+// The speed configuration keeps x^T (also with an offload flag); keep_fp8_input_transposes off or a
+// recompute flag re-quantizes, which (as the offload and recompute tests check) changes no number, so
+// the runs must agree bit for bit.
 TEST(Fp8KeptTransposes, ModelTrainsBitIdenticallyWithAndWithout) {
   const KeptRun kept = train_and_evaluate(kept_options(/*cuda_graphs=*/false));
   for (const StepResult& step : kept.steps) ASSERT_TRUE(std::isfinite(step.loss) && std::isfinite(step.grad_norm));
-  const std::size_t kept_bytes = kept_transpose_bytes(test::tiny_qwen2_config(tiny_shape()), kB * kT);
+  const ModelConfig cfg = test::tiny_qwen2_config(tiny_shape());
+  const std::size_t kept_bytes = kept_transpose_bytes(cfg, kB * kT);
+  // ln1_out, ln2_out [N, C] and swiglu_out [N, D] bf16: one buffer for all layers instead of L.
+  const std::size_t per_layer_inputs =
+      2 * device_block_bytes(std::size_t{kB} * kT * cfg.hidden_size * 2) +
+      device_block_bytes(std::size_t{kB} * kT * cfg.intermediate_size * 2);
+  const std::size_t shared_input_savings = (cfg.num_layers - 1) * per_layer_inputs;
 
-  QwenModelOptions offload_m = kept_options(false);
-  offload_m.offload_opt_m = true;
-  QwenModelOptions recompute_swiglu = kept_options(false);
-  recompute_swiglu.recompute.swiglu = true;
-  for (const auto& [what, o] :
-       {std::pair{"--offload-opt-m", offload_m}, std::pair{"--recompute-swiglu", recompute_swiglu}}) {
-    SCOPED_TRACE(what);
-    const KeptRun requantized = train_and_evaluate(o);
-    expect_same_run(kept, requantized);
-    EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes, kept_bytes) << "Quants: kept x^T buffers only when enabled";
+  QwenModelOptions requantize = kept_options(false);
+  requantize.keep_fp8_input_transposes = false;
+  const KeptRun requantized = train_and_evaluate(requantize);
+  expect_same_run(kept, requantized);
+  EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes, kept_bytes) << "Quants: kept x^T buffers only when enabled";
+  EXPECT_EQ(requantized.activation_bytes - kept.activation_bytes, shared_input_savings)
+      << "Activations: the bf16 GEMM inputs are kept per layer only when x^T is not";
+  {
+    SCOPED_TRACE("--recompute-swiglu re-quantizes");
+    QwenModelOptions o = kept_options(false);
+    o.recompute.swiglu = true;
+    const KeptRun recompute = train_and_evaluate(o);
+    expect_same_run(kept, recompute);
+    EXPECT_EQ(recompute.quant_bytes, requantized.quant_bytes);
+  }
+  {
+    SCOPED_TRACE("--offload-opt-m keeps x^T");
+    QwenModelOptions o = kept_options(false);
+    o.offload_opt_m = true;
+    const KeptRun offload = train_and_evaluate(o);
+    expect_same_run(kept, offload);
+    EXPECT_EQ(offload.quant_bytes, kept.quant_bytes);
+    EXPECT_EQ(offload.activation_bytes, kept.activation_bytes);
   }
   {
     SCOPED_TRACE("kept x^T with CUDA graphs");

@@ -143,6 +143,33 @@ TEST(RunState, Fp8GradientsNeedNoBf16MlpUpGradient) {
             static_cast<std::size_t>(2) * kB * kT * small_config().intermediate_size * 2);
 }
 
+// FP8 speed configuration: the backward reads every block GEMM input as the forward's e4m3 x^T, so
+// ln1_out, ln2_out and swiglu_out are one buffer each for all layers (nothing is recomputed), while
+// att, qkv, mlp_up and residual_mid stay per layer; recomputation together with it is refused.
+TEST(RunState, GemmInputsKeptAsFp8AreSharedByAllLayers) {
+  const ModelConfig cfg = small_config();
+  const std::size_t L = cfg.num_layers, n = kB * kT;
+  Allocator alloc(std::nullopt, std::make_unique<FakeDevice>());
+  RunState run(alloc, cfg, DType::BF16, kB, kT, 1, {}, false, /*mlp_up_gradient=*/false,
+               /*gemm_inputs_kept_as_fp8=*/true);
+  for (auto field : {&LayerActivations::ln1_out, &LayerActivations::ln2_out, &LayerActivations::swiglu_out})
+    EXPECT_EQ(distinct(run, field), 1u);
+  for (auto field : {&LayerActivations::qkv, &LayerActivations::att, &LayerActivations::att_lse,
+                     &LayerActivations::residual_mid, &LayerActivations::mlp_up, &LayerActivations::ln1_rstd,
+                     &LayerActivations::ln2_rstd})
+    EXPECT_EQ(distinct(run, field), L);
+  const LayerActivations& a = run.layers[0];
+  EXPECT_EQ((std::set<void*>{a.ln1_out.data, a.ln2_out.data, a.swiglu_out.data}).size(), 3u);
+  EXPECT_FALSE(run.recompute.any());
+  // (L - 1) copies of ln1_out + ln2_out (2 n C) and swiglu_out (n D) fewer, bf16; no d_mlp_up (2 n D).
+  const std::size_t expected = expected_activation_bytes(cfg, 2, kB * kT, {}) - 2 * n * 2 * cfg.intermediate_size -
+                               (L - 1) * (2 * n * cfg.hidden_size + n * cfg.intermediate_size) * 2;
+  EXPECT_EQ(alloc.in_use(MemCategory::Activations, MemKind::Device), expected);
+
+  Allocator other(std::nullopt, std::make_unique<FakeDevice>());
+  EXPECT_THROW(RunState(other, cfg, DType::BF16, kB, kT, 1, flags("swiglu"), false, false, true), Error);
+}
+
 TEST(RunState, RecomputationSavesMemoryMonotonically) {
   std::map<std::string, std::size_t> bytes;
   for (const std::string& which : kFlagSets) bytes[which] = planned_activation_bytes(flags(which));
