@@ -83,7 +83,9 @@ def self_test():
 
     # Per-dtype defaults override the model's own entries and add nothing else.
     fp8_7b = bench.model_defaults("Qwen2.5-7B", "e4m3")
-    check(fp8_7b["batch"] == 2 and "--recompute-swiglu" in fp8_7b["flags"], f"7B e4m3 defaults, got {fp8_7b}")
+    bf16_7b = bench.model_defaults("Qwen2.5-7B", "bf16")
+    check(fp8_7b["batch"] == 2 and bf16_7b["batch"] == 4 and fp8_7b["flags"] == bf16_7b["flags"],
+          f"7B e4m3 defaults, got {fp8_7b}")
     check(set(bench.model_defaults("Qwen2.5-7B", "bf16")) == {"batch", "accum", "flags"}, "7B bf16 defaults keys")
     check(bench.model_defaults("unknown", "bf16") == bench.FALLBACK_DEFAULT, "fallback defaults")
     # --batch / --accum syntax.
