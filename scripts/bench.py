@@ -170,8 +170,8 @@ def run_all(args):
             key = model_key(model)
             for dtype in args.dtypes:
                 rows.append(run_train(args, model, dtype, token_file, work_dir))
-            if args.pytorch and key in args.pytorch_models:
-                first = rows[-1]
+            if args.pytorch and key in args.pytorch_models:  # at the batch of the model's first dtype
+                first = rows[-len(args.dtypes)]
                 pytorch[key] = run_pytorch(args, key, first["batch"], first["accum"], work_dir)
     attach_pytorch(rows, pytorch)
     return rows
