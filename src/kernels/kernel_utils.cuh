@@ -66,19 +66,21 @@ __device__ __forceinline__ void store_vec(T* p, const Vec<T>& v) {
 // Loads kGroup consecutive elements starting at i0 as kGroup / Vec<T>::kSize raw vectors (zeros past n),
 // with 16-byte vector loads when `vectorized` (base pointer 16-byte aligned) and the group is whole.
 // Keeping the raw vectors (and converting element by element where they are used) takes half the
-// registers of a float array for bf16. kStreaming uses the read-once cache hint: only for groups whose
-// 32-byte sectors one load instruction covers whole (a thread's two 16-byte halves of one sector in two
-// instructions would each fetch the sector from L2 again). kWhole: the caller guarantees a whole,
-// aligned group (the bounds check and the element path compile away).
+// registers of a float array for bf16. kStreaming asks for the read-once cache hint; it is applied only
+// where the group is one 16-byte vector, so that a warp's load instruction covers whole 32-byte sectors
+// (a thread's two 16-byte halves of one sector in two instructions would each fetch the sector from L2
+// again). kWhole: the caller guarantees a whole, aligned group (the bounds check and the element path
+// compile away).
 template <int kGroup, bool kStreaming = false, bool kWhole = false, typename T>
 __device__ __forceinline__ void load_raw_group(const T* p, std::size_t i0, std::size_t n, bool vectorized,
                                                Vec<T> (&v)[kGroup / Vec<T>::kSize]) {
   constexpr int kVec = Vec<T>::kSize;
   static_assert(kGroup % kVec == 0, "kGroup must be a multiple of the vector width");
+  constexpr bool kStream = kStreaming && kGroup == kVec;
   if (kWhole || (vectorized && i0 + kGroup <= n)) {
 #pragma unroll
     for (int part = 0; part < kGroup / kVec; ++part)
-      v[part] = kStreaming ? load_vec_stream(p + i0 + part * kVec) : load_vec(p + i0 + part * kVec);
+      v[part] = kStream ? load_vec_stream(p + i0 + part * kVec) : load_vec(p + i0 + part * kVec);
   } else {
 #pragma unroll
     for (int k = 0; k < kGroup; ++k) v[k / kVec][k % kVec] = i0 + k < n ? p[i0 + k] : from_float<T>(0.f);
@@ -125,16 +127,18 @@ __device__ __forceinline__ float warp_max(float x) {
   for (int o = kWarpSize / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
   return x;
 }
-// Sum over the whole block; every thread gets the result. `scratch` needs 32 floats of shared memory.
-// Contains __syncthreads(): all threads of the block must call it.
-__device__ __forceinline__ float block_sum(float x, float* scratch) {
+__device__ __forceinline__ int warp_sum(int x) { return __reduce_add_sync(0xffffffffu, x); }
+// Sum over the whole block (float or int); every thread gets the result. `scratch` needs 32 elements
+// of shared memory. Contains __syncthreads(): all threads of the block must call it.
+template <typename T>
+__device__ __forceinline__ T block_sum(T x, T* scratch) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
   x = warp_sum(x);
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = x;
   __syncthreads();
-  x = lane < warps ? scratch[lane] : 0.f;
+  x = lane < warps ? scratch[lane] : T(0);
   return warp_sum(x);
 }
 __device__ __forceinline__ float block_max(float x, float* scratch) {

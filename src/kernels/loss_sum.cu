@@ -12,17 +12,6 @@ namespace {
 constexpr int kLossSumBlocks = 64;
 constexpr int kLossSumThreads = 256;
 
-__device__ __forceinline__ int block_sum_int(int x, int* scratch) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-  x = __reduce_add_sync(0xffffffffu, x);
-  __syncthreads();
-  if (lane == 0) scratch[warp] = x;
-  __syncthreads();
-  x = lane < warps ? scratch[lane] : 0;
-  return __reduce_add_sync(0xffffffffu, x);
-}
-
 // Block b sums rows b, b + grid, b + 2 grid, ... (per thread), then over the block.
 __global__ void __launch_bounds__(kLossSumThreads)
     loss_partials_kernel(const float* losses, const std::int32_t* targets, int R, float* partial_sums,
@@ -36,7 +25,7 @@ __global__ void __launch_bounds__(kLossSumThreads)
     count += targets[r] != kIgnoreTarget;
   }
   sum = block_sum(sum, sum_scratch);
-  count = block_sum_int(count, count_scratch);
+  count = block_sum(count, count_scratch);
   if (threadIdx.x == 0) {
     partial_sums[blockIdx.x] = sum;
     partial_counts[blockIdx.x] = count;
@@ -49,7 +38,7 @@ __global__ void loss_finish_kernel(const float* partial_sums, const int* partial
   __shared__ float sum_scratch[kWarpSize];
   __shared__ int count_scratch[kWarpSize];
   const float sum = block_sum(partial_sums[threadIdx.x], sum_scratch);
-  const int count = block_sum_int(partial_counts[threadIdx.x], count_scratch);
+  const int count = block_sum(partial_counts[threadIdx.x], count_scratch);
   if (threadIdx.x == 0) {
     *loss_sum = sum;
     *valid_count = count;
