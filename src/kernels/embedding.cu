@@ -129,7 +129,7 @@ __global__ void embedding_backward_kernel(TG* dwte, const T* __restrict__ dout, 
 }
 
 void require_aligned(const void* p, const char* what, const char* op) {
-  LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
+  LLMQ_REQUIRE(aligned16(p),
                "{}: {} at {} is not 16-byte aligned (kernels use 16-byte vector access; offset views by "
                "multiples of 8 elements)",
                op, what, p);

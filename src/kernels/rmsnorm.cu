@@ -248,7 +248,7 @@ __global__ void rmsnorm_dw_reduce_kernel(TW* dw, const float* __restrict__ parti
 int row_threads(int C) { return ceil_div(ceil_div(C, kElemsPerThread), kWarpSize) * kWarpSize; }
 
 void require_aligned(const void* p, const char* what, const char* op) {
-  LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
+  LLMQ_REQUIRE(aligned16(p),
                "{}: {} at {} is not 16-byte aligned (kernels use 16-byte vector access; offset views by "
                "multiples of 8 elements)",
                op, what, p);

@@ -129,7 +129,7 @@ __global__ void rope_kernel(T* out, const T* in, const float2* __restrict__ cos_
 }
 
 void require_aligned(const void* p, const char* what, const char* op) {
-  LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
+  LLMQ_REQUIRE(aligned16(p),
                "{}: {} at {} is not 16-byte aligned (kernels use 16-byte vector access)", op, what, p);
 }
 

@@ -103,7 +103,7 @@ void require_args(const char* op, const void* a, const void* b, const void* c, i
   LLMQ_REQUIRE(N > 0 && D > 0, "{}: sizes must be positive (N={}, D={})", op, N, D);
   LLMQ_REQUIRE(D % 8 == 0, "{}: D={} is not a multiple of 8 (16-byte vector access); pad the MLP width", op, D);
   for (const void* p : {a, b, c}) {
-    LLMQ_REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 == 0,
+    LLMQ_REQUIRE(aligned16(p),
                  "{}: pointer {} is not 16-byte aligned (kernels use 16-byte vector access)", op, p);
   }
 }
