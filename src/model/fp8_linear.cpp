@@ -27,9 +27,9 @@ void require_fp8_shape(const ModelConfig& cfg, const char* what, std::int64_t n)
 }  // namespace
 
 Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad,
-                     bool transpose_per_use, bool keep_input_transposes, bool offload_weights)
+                     bool transpose_per_use, KeptFp8Inputs kept_inputs, bool offload_weights)
     : fp8_dgrad_(fp8_dgrad),
-      keep_inputs_(keep_input_transposes && fp8_dgrad && rows % 16 == 0),
+      kept_inputs_(fp8_dgrad && rows % 16 == 0 ? kept_inputs : KeptFp8Inputs{}),
       layers_(cfg.num_layers),
       rows_(rows) {
   LLMQ_REQUIRE(rows > 0, "internal error: FP8 linear layers for {} rows", rows);
@@ -43,6 +43,11 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
   std::int64_t max_in = 0, max_out = 0, max_weight = 0;
   for (int l = 0; l < layout.num_layers(); ++l) {
     const LayerParamIds& ids = layout.layer(l);
+    const auto input_kept = [&](int param) {
+      const KeptFp8Inputs& k = kept_inputs_;
+      return (param == ids.qkv_w && k.ln1) || (param == ids.att_out_w && k.att) || (param == ids.mlp_up_w && k.ln2) ||
+             (param == ids.mlp_down_w && k.swiglu);
+    };
     for (int param : ids.matrices()) {
       const ParamSpec& spec = layout[param];
       QuantWeight q;
@@ -54,7 +59,7 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
       if (!offload_weights) q.q = alloc.allocate_bytes(spec.name + " e4m3", spec.numel(), MemCategory::Quants);
       if (fp8_dgrad && !transpose_per_use)
         q.q_t = alloc.allocate_bytes(spec.name + "^T e4m3", spec.numel(), MemCategory::Quants);
-      if (keep_inputs_)
+      if (input_kept(param))
         q.x_t = alloc.allocate_bytes(spec.name + " x^T e4m3", static_cast<std::size_t>(rows) * q.cols,
                                      MemCategory::Quants);
       max_weight = std::max(max_weight, spec.numel());
@@ -73,7 +78,7 @@ Fp8Linear::Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout
                                MemCategory::Quants).get<float>();
   act_scale_inv_ = alloc.allocate("fp8 activation scales", DType::FP32, {2 * kScaleStride}, MemCategory::Quants)
                        .get<float>();
-  if (keep_inputs_)
+  if (kept_inputs_.any())
     input_scale_inv_ = alloc.allocate("fp8 kept x^T scales", DType::FP32, {n_quants * kScaleStride},
                                       MemCategory::Quants).get<float>();
   x_q_ = alloc.allocate_bytes("fp8 GEMM input (e4m3)", static_cast<std::size_t>(rows) * max_in, MemCategory::Quants);

@@ -8,14 +8,14 @@
 // The data gradient reads dy K-major along the output features, the weight gradient along the
 // tokens: one quantize+transpose pass writes both. The weight gradient's x^T is the forward's x
 // quantized with the same abs-max slot, transposed; it comes from one of two places, same bytes:
-//   keep_input_transposes (FP8 gradients without recomputation): the forward's quantization pass
-//     writes x (row-major, shared scratch, for its GEMM) and x^T into a buffer of that block
-//     matrix's own (one per layer and GEMM: N * in_f bytes each, category Quants), which the
-//     backward reads directly; the bf16 x is then not kept per layer (run_state.h), so this costs
-//     less memory than keeping x, besides saving a pass;
-//   otherwise (with recomputation, which refills x per layer): the backward quantizes the bf16 x
-//     again, transposed. Recomputation refills x with the forward's bits and the abs-max slot keeps
-//     its value, so both ways agree.
+//   kept (FP8 gradients, for the inputs KeptFp8Inputs names: those no recomputation needs in bf16):
+//     the forward's quantization pass writes x (row-major, shared scratch, for its GEMM) and x^T
+//     into a buffer of that block matrix's own (one per layer and GEMM: N * in_f bytes each,
+//     category Quants), which the backward reads directly; the bf16 x is then not kept per layer
+//     (run_state.h), so this costs less memory than keeping x, besides saving a pass;
+//   otherwise (the input is recomputed, or a recomputation reads it in bf16): the backward
+//     quantizes the bf16 x again, transposed. Recomputation refills x with the forward's bits and
+//     the abs-max slot keeps its value, so both ways agree.
 // Scales are "current": scale = fp8_max / abs-max of the tensor being quantized, where the abs-max
 // of activations and activation gradients comes from the kernel that produced the tensor
 // (RMSNorm, SwiGLU, RoPE backward, ...), written into a slot of absmax(layer, slot). The slots are
@@ -41,6 +41,7 @@
 #include "core/allocator.h"
 #include "model/config.h"
 #include "model/param_layout.h"
+#include "model/run_state.h"
 
 namespace llmq {
 
@@ -56,11 +57,11 @@ class Fp8Linear {
  public:
   // rows: the most rows one GEMM sees (B*T). fp8_dgrad: activation-gradient GEMMs in e5m2 x e4m3.
   // transpose_per_use: keep one FP8 copy per weight, transposing it for each data gradient.
-  // keep_input_transposes: the forward keeps every GEMM input's e4m3 x^T for the weight gradient
-  // (see above); honoured only with fp8_dgrad and rows % 16 == 0 (else the backward is not FP8).
+  // kept_inputs: the GEMM inputs whose e4m3 x^T the forward keeps for the weight gradient (see
+  // above); honoured only with fp8_dgrad and rows % 16 == 0 (else the backward is not FP8).
   // offload_weights: the FP8 weight copies in pinned host memory (implies transpose_per_use).
   Fp8Linear(Allocator& alloc, const ModelConfig& cfg, const ParamLayout& layout, int rows, bool fp8_dgrad,
-            bool transpose_per_use = false, bool keep_input_transposes = false, bool offload_weights = false);
+            bool transpose_per_use = false, KeptFp8Inputs kept_inputs = {}, bool offload_weights = false);
   ~Fp8Linear();
 
   bool fp8_dgrad() const { return fp8_dgrad_; }
@@ -75,7 +76,7 @@ class Fp8Linear {
   void end_update(int l, cudaStream_t stream);
   // Before re-quantizing: layer slots still holding the old copies must not be reused.
   void discard_layer_slots(cudaStream_t stream);
-  bool keeps_input_transposes() const { return keep_inputs_; }
+  const KeptFp8Inputs& kept_inputs() const { return kept_inputs_; }
   float* absmax(int layer, Fp8Slot slot) const;
 
   // Zeroes every abs-max slot (start of a micro-step or an evaluation batch). A backward uses only
@@ -88,12 +89,12 @@ class Fp8Linear {
   void quantize_weight(int param, const nv_bfloat16* w, cudaStream_t stream);
 
   // y[rows, out_f] = x[rows, in_f] @ W[out_f, in_f]^T (+ bias), x quantized to e4m3 with x_absmax
-  // (with keep_input_transposes also kept as x^T for backward() of the same param).
+  // (if kept_inputs() names this GEMM's input, also kept as x^T for backward() of the same param).
   void forward(kernels::MatmulContext& mm, nv_bfloat16* y, const nv_bfloat16* x, const float* x_absmax, int param,
                const nv_bfloat16* bias, int rows, int in_f, int out_f, cudaStream_t stream);
   // dx[rows, in_f] = dy[rows, out_f] @ W[out_f, in_f] and dW[out_f, in_f] += dy^T @ x, dy quantized
-  // to e5m2 with dy_absmax, x to e4m3 with x_absmax (the forward's slot). With
-  // keep_input_transposes x and x_absmax are not read: the x^T this micro-step's forward kept is.
+  // to e5m2 with dy_absmax, x to e4m3 with x_absmax (the forward's slot). For a kept input x and
+  // x_absmax are not read: the x^T this micro-step's forward kept is.
   void backward(kernels::MatmulContext& mm, nv_bfloat16* dx, nv_bfloat16* dw, const nv_bfloat16* dy,
                 const float* dy_absmax, const nv_bfloat16* x, const float* x_absmax, int param, int rows, int in_f,
                 int out_f, cudaStream_t stream);
@@ -117,7 +118,7 @@ class Fp8Linear {
     std::size_t offset_in_layer = 0;  // offloaded: byte offset of this weight in its layer's slot
     void* q_t = nullptr;  // e4m3 [cols, rows], only with fp8_dgrad and not transpose_per_use
     int scale_slot = 0;   // index into weight_absmax_ / weight_scale_inv_ / input_scale_inv_
-    void* x_t = nullptr;  // e4m3 [cols, rows_]: the GEMM input x^T, only with keep_input_transposes
+    void* x_t = nullptr;  // e4m3 [cols, rows_]: the GEMM input x^T, only for kept inputs
     std::uint64_t x_t_micro_step = 0;  // micro_step_ of the forward that wrote x_t (0: none)
   };
   const QuantWeight& quant(int param) const;
@@ -127,7 +128,7 @@ class Fp8Linear {
   void make_offloaded_weights(Allocator& alloc);
 
   bool fp8_dgrad_;
-  bool keep_inputs_;
+  KeptFp8Inputs kept_inputs_;
   bool weights_current_ = false;
   int layers_;
   int rows_;
@@ -138,7 +139,7 @@ class Fp8Linear {
   float* weight_scale_inv_ = nullptr;  // [quants * 4]: 16-byte aligned slots
   float* act_absmax_ = nullptr;        // [layers * Fp8Slot::kCount]
   float* act_scale_inv_ = nullptr;     // x, dy, 16 bytes apart (stream order makes one slot each enough)
-  float* input_scale_inv_ = nullptr;   // [quants * 4]: scale of each kept x^T, only with keep_inputs_
+  float* input_scale_inv_ = nullptr;   // [quants * 4]: scale of each kept x^T, only if any is kept
   void* x_q_ = nullptr;                // e4m3 [rows, max in_f]; in the backward x^T [in_f, rows] unless kept
   void* dy_q_ = nullptr;               // e5m2 [rows, max out_f], only with fp8_dgrad
   void* dy_q_t_ = nullptr;             // e5m2 [max out_f, rows], only with fp8_dgrad

@@ -18,7 +18,7 @@ ShrinkHints memory_shrink_hints() {
   // With --offload-master the FP8 weights keep one copy and transpose it per use (fp8_linear.h).
   set(MemCategory::Quants,
       "--offload-quants (FP8 weights to pinned host memory), --offload-master (one FP8 copy per weight instead of "
-      "two) or --matmul-dtype=bf16");
+      "two), --recompute-swiglu or --recompute-norm (no kept FP8 copy of what they recompute) or --matmul-dtype=bf16");
   return hints;
 }
 

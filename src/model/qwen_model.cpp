@@ -47,11 +47,11 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
 
   make_state_stores();
   // FP8 gradients take the SwiGLU gradient straight to e5m2: no bf16 d_mlp_up (qwen_step.cpp).
-  const bool keep_input_transposes = opts.keeps_fp8_input_transposes();
+  const KeptFp8Inputs kept_inputs = opts.kept_fp8_inputs();
   run_ = std::make_unique<RunState>(alloc_, cfg, element_dtype<T>(), opts.batch_size, opts.seq_len, opts.lmhead_chunks,
                                     opts.recompute, opts.offload_residual,
                                     /*mlp_up_gradient=*/!opts.fp8_backward(),
-                                    /*gemm_inputs_kept_as_fp8=*/keep_input_transposes);
+                                    kept_inputs);
   if (opts.offload_residual)
     residuals_ = std::make_unique<ResidualStreamer>(
         alloc_, cfg.num_layers + 1, run_->residual[0].bytes(),
@@ -61,9 +61,9 @@ QwenModel<T>::QwenModel(const ModelConfig& cfg, const QwenModelOptions& opts)
   if (opts.matmul_dtype == DType::E4M3) {
     LLMQ_REQUIRE((std::is_same_v<T, nv_bfloat16>), "--matmul-dtype=e4m3 needs --model-dtype=bf16");
     fp8_ = std::make_unique<Fp8Linear>(alloc_, cfg, layout_, run_->N, opts.gradient_dtype == DType::E5M2,
-                                       /*transpose_per_use=*/opts.offload_master, keep_input_transposes,
+                                       /*transpose_per_use=*/opts.offload_master, kept_inputs,
                                        /*offload_weights=*/opts.offload_quants);
-    LLMQ_REQUIRE(fp8_->keeps_input_transposes() == keep_input_transposes,
+    LLMQ_REQUIRE(fp8_->kept_inputs() == kept_inputs,
                  "internal error: the FP8 layers and the activation plan disagree on keeping x^T");
   }
   stream_weights_forward_ = weights_->any_offloaded() && !fp8_;

@@ -53,21 +53,23 @@ struct QwenModelOptions {
   bool write_combined = false;              // offloaded buffers are write-combined pinned memory
   std::int64_t offload_chunk_elements = 0;  // streamed chunk; 0 = automatic (tests use small ones)
   bool use_cuda_graphs = false;  // replay each micro-step's kernels as a CUDA graph (see qwen_step.cpp)
-  // FP8 gradients without recomputation: the forward keeps x^T e4m3 of every block GEMM input for
-  // the weight gradient (fp8_linear.h) and the bf16 inputs are not kept per layer (run_state.h);
-  // false re-quantizes x in the backward instead (tests compare the two).
+  // FP8 gradients: the forward keeps x^T e4m3 of the block GEMM inputs that no recomputation needs
+  // in bf16 (kept_fp8_inputs()) for the weight gradient (fp8_linear.h), and those bf16 inputs are not
+  // kept per layer (run_state.h); false re-quantizes x in the backward instead (tests compare the two).
   bool keep_fp8_input_transposes = true;
   // Time cuBLASLt's candidate algorithms per GEMM on first use (matmul.h); checkpoints keep the choice.
   bool autotune_matmuls = false;
   // Sizing only (plan_qwen_memory): allocations are recorded, never backed by memory, never touched.
   bool plan_only = false;
 
-  // Whether the FP8 forward keeps x^T: keep_fp8_input_transposes with FP8 weight gradients (e4m3 x
-  // e5m2, B*T a multiple of 16) and no recomputation (which refills the bf16 inputs per layer and
-  // re-quantizes them). Per token and layer that is 3C + D bytes of x^T instead of 4C + 2D bytes of
-  // bf16 inputs: less memory, and no quantization pass in the backward.
-  bool keeps_fp8_input_transposes() const {
-    return fp8_backward() && keep_fp8_input_transposes && !recompute.any();
+  // The GEMM inputs whose x^T the FP8 forward keeps: with keep_fp8_input_transposes and FP8 weight
+  // gradients (e4m3 x e5m2, B*T a multiple of 16), those that no recomputation reads or refills in
+  // bf16. Per token and layer an input of width W takes W bytes of x^T instead of 2W bytes of bf16
+  // (att: W bytes on top of the 2W the attention backward needs), and the backward skips its
+  // quantization pass.
+  KeptFp8Inputs kept_fp8_inputs() const {
+    if (!fp8_backward() || !keep_fp8_input_transposes) return {};
+    return KeptFp8Inputs::unless_recomputed(recompute);
   }
   // The block GEMMs' gradients run in FP8 (e5m2 x e4m3): that needs the weight gradient's K, the
   // B*T tokens, to be a multiple of 16.

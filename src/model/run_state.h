@@ -22,8 +22,9 @@
 //   qkv      qkv                                   ln1_out (QKV GEMM + bias, RoPE)
 //   att      att, att_lse (and qkv)                qkv (attention forward)
 //   block    all of the above and residual_mid     residual[l] (attention-out GEMM + fused add + norm)
-// FP8 speed configuration (gemm_inputs_kept_as_fp8, no recomputation): the forward keeps x^T e4m3 of
-// every block GEMM input, so ln1_out, ln2_out and swiglu_out are shared too and never recomputed.
+// FP8 gradients (kept_fp8_inputs): the forward keeps x^T e4m3 of a block GEMM input whose bf16 copy
+// the backward would otherwise read only to quantize it again; such an ln1_out, ln2_out or
+// swiglu_out is shared too and never recomputed (KeptFp8Inputs says which).
 // The rstd vectors (fp32 [N], under 0.5% of a layer) and residual[0..L] are always kept per layer;
 // with offload_residual (--offload-residual) residual[0..L] live in pinned host memory and
 // residual[i] points at device slot i % 2 (residual_streamer.h moves them).
@@ -52,6 +53,21 @@ struct RecomputeOptions {
   bool any() const { return swiglu || norm || ffn || qkv || att || block; }
 };
 
+// Which block GEMM inputs the FP8 forward keeps as x^T e4m3 for the weight gradient (fp8_linear.h):
+// ln1_out (QKV), att (attention out), ln2_out (MLP up) and swiglu_out (MLP down). Kept x^T takes
+// N x width bytes per layer and saves the backward a quantization pass; the bf16 copy it replaces
+// takes twice that, except att's, which the attention backward reads anyway.
+struct KeptFp8Inputs {
+  bool ln1 = false, att = false, ln2 = false, swiglu = false;
+
+  // With FP8 weight gradients (`recompute` is resolved here): every input whose bf16 copy no
+  // recomputation reads or refills, so a recompute flag drops only its own tensors and never swaps a
+  // kept x^T for a bf16 copy per layer; att's x^T, which costs memory, only without recomputation.
+  static KeptFp8Inputs unless_recomputed(const RecomputeOptions& recompute);
+  bool any() const { return ln1 || att || ln2 || swiglu; }
+  bool operator==(const KeptFp8Inputs&) const = default;
+};
+
 struct LayerActivations {
   Tensor ln1_out, ln1_rstd;      // [N, C], fp32 [N]
   Tensor qkv;                    // [N, (Hq + 2*Hkv) * Hs], after RoPE
@@ -65,16 +81,17 @@ struct LayerActivations {
 struct RunState {
   // `recompute` is resolved (implications applied) before planning.
   // mlp_up_gradient: allocate d_mlp_up (FP8 gradients do without it).
-  // gemm_inputs_kept_as_fp8: the FP8 forward keeps x^T e4m3 of every block GEMM input for the weight
-  // gradient (fp8_linear.h), so the backward never reads ln1_out, ln2_out or swiglu_out: each is one
+  // kept_fp8_inputs: the GEMM inputs the FP8 forward keeps as x^T e4m3 for the weight gradient
+  // (fp8_linear.h); the backward never reads those of ln1_out, ln2_out and swiglu_out, so each is one
   // buffer all layers share (att stays per layer: the attention backward reads it).
   RunState(Allocator& alloc, const ModelConfig& cfg, DType dtype, int B, int T, int lmhead_chunks,
            const RecomputeOptions& recompute = {}, bool offload_residual = false, bool mlp_up_gradient = true,
-           bool gemm_inputs_kept_as_fp8 = false);
+           KeptFp8Inputs kept_fp8_inputs = {});
 
   int B, T, N;
   int lmhead_rows;                 // rows of logits materialised at once
   RecomputeOptions recompute;      // resolved
+  KeptFp8Inputs kept_fp8_inputs;
   std::vector<Tensor> residual;    // L+1 tensors [N, C]: residual[l] is the input of layer l
   std::array<Tensor, 2> residual_slots;  // with offload_residual: the device buffers residual[] share
   std::vector<LayerActivations> layers;  // recomputed (or FP8-kept) entries alias one buffer across layers

@@ -7,19 +7,21 @@
 //   scripts/gpu_check.sh fp8quality is the real quality check);
 // and that FP8 stays deterministic under activation recomputation (bit-identical losses).
 //
-// Kept input transposes (Fp8Linear keep_input_transposes, on in the speed configuration): the
-// weight gradient reads the e4m3 x^T the forward kept instead of quantizing x again; the bytes are
-// the same, so
-//   - Fp8Linear alone, on and off: bit-identical y, dx and accumulated dW over two micro-steps, with
-//     another GEMM's forward between a forward and its backward and, when on, the bf16 x poisoned
-//     before the backward (so it must read the kept copy); a backward without this micro-step's
-//     forward is refused; the option is ignored where the backward is not FP8;
+// Kept input transposes (Fp8Linear's kept_inputs, with FP8 gradients every input no recomputation
+// needs in bf16): the weight gradient reads the e4m3 x^T the forward kept instead of quantizing x
+// again; the bytes are the same, so
+//   - Fp8Linear alone, all kept, some kept and none: bit-identical y, dx and accumulated dW over two
+//     micro-steps, with another GEMM's forward between a forward and its backward and the bf16 x of
+//     every kept input poisoned before the backward (so it must read the kept copy); a backward
+//     without this micro-step's forward is refused; the option is ignored where the backward is
+//     not FP8;
 //   - the tiny model with e4m3 + e5m2, 3 steps x 2 micro-steps (eager and with CUDA graphs) against
-//     configurations that re-quantize (keep_fp8_input_transposes off, --recompute-swiglu: neither
-//     changes the numbers) and one that keeps x^T with an offload flag (--offload-opt-m):
-//     bit-identical losses, gradient norms, evaluation losses (between and after the steps) and
-//     checkpoint tensors; the Quants category holds exactly the kept buffers more, and Activations
-//     exactly L - 1 layers' bf16 GEMM inputs (ln1_out, ln2_out, swiglu_out) less.
+//     the configuration that re-quantizes every input (keep_fp8_input_transposes off), every
+//     --recompute-* flag set (each keeps the x^T of the inputs it does not recompute or read) and an
+//     offload flag (--offload-opt-m): bit-identical losses, gradient norms, evaluation losses
+//     (between and after the steps) and checkpoint tensors; the Quants category holds exactly the
+//     kept buffers more, and without recomputation Activations exactly L - 1 layers' bf16 GEMM
+//     inputs (ln1_out, ln2_out, swiglu_out) less.
 #include <cuda_bf16.h>
 #include <gtest/gtest.h>
 
@@ -150,17 +152,22 @@ namespace k = kernels;
 // Device bytes the allocator charges for a block (it rounds device blocks up to 512 bytes).
 std::size_t device_block_bytes(std::size_t bytes) { return (bytes + 511) / 512 * 512; }
 
-// What keep_input_transposes adds to the Quants category: x^T e4m3 [in_f, rows] per block matrix
-// and one 16-byte scale slot per block matrix.
-std::size_t kept_transpose_bytes(const ModelConfig& cfg, std::size_t rows) {
+constexpr KeptFp8Inputs kKeepAll{.ln1 = true, .att = true, .ln2 = true, .swiglu = true};
+
+// What kept inputs add to the Quants category: x^T e4m3 [in_f, rows] per block matrix whose input
+// is kept and, if any is, one 16-byte scale slot per block matrix.
+std::size_t kept_transpose_bytes(const ModelConfig& cfg, std::size_t rows, const KeptFp8Inputs& kept) {
   const ParamLayout layout(cfg);
   std::size_t bytes = 0, matrices = 0;
-  for (int l = 0; l < layout.num_layers(); ++l)
-    for (int param : layout.layer(l).matrices()) {
-      bytes += device_block_bytes(rows * static_cast<std::size_t>(layout[param].cols()));
+  for (int l = 0; l < layout.num_layers(); ++l) {
+    const LayerParamIds& ids = layout.layer(l);
+    for (auto [param, is_kept] : {std::pair{ids.qkv_w, kept.ln1}, std::pair{ids.att_out_w, kept.att},
+                                  std::pair{ids.mlp_up_w, kept.ln2}, std::pair{ids.mlp_down_w, kept.swiglu}}) {
+      if (is_kept) bytes += device_block_bytes(rows * static_cast<std::size_t>(layout[param].cols()));
       ++matrices;
     }
-  return bytes + device_block_bytes(matrices * 4 * sizeof(float));
+  }
+  return kept.any() ? bytes + device_block_bytes(matrices * 4 * sizeof(float)) : 0;
 }
 
 std::size_t differing_elements(const std::vector<nv_bfloat16>& a, const std::vector<nv_bfloat16>& b) {
@@ -182,13 +189,13 @@ class LinearHarness {
  public:
   static constexpr int kRows = 272;  // a multiple of 16, not of the 64-row quantize+transpose tile
 
-  LinearHarness(bool keep, bool fp8_dgrad = true, int rows = kRows)
+  LinearHarness(KeptFp8Inputs kept, bool fp8_dgrad = true, int rows = kRows)
       : cfg_(test::tiny_qwen2_config(tiny_shape())),
         layout_(cfg_),
         workspace_(alloc_.allocate_bytes("cuBLASLt workspace", k::MatmulContext::kRecommendedWorkspaceBytes,
                                          MemCategory::Workspace)),
         mm_(workspace_, k::MatmulContext::kRecommendedWorkspaceBytes),
-        fp8_(alloc_, cfg_, layout_, rows, fp8_dgrad, /*transpose_per_use=*/false, keep) {}
+        fp8_(alloc_, cfg_, layout_, rows, fp8_dgrad, /*transpose_per_use=*/false, kept) {}
 
   Fp8Linear& fp8() { return fp8_; }
   const Allocator& allocator() const { return alloc_; }
@@ -219,10 +226,10 @@ std::unique_ptr<Bf16Buffer> random_bf16(std::size_t n, std::uint64_t seed, float
 struct LinearRun {
   std::map<std::string, std::vector<nv_bfloat16>> outputs;
   std::size_t quant_bytes = 0;
-  bool kept = false;
+  KeptFp8Inputs kept;
 };
 
-LinearRun run_linear(bool keep) {
+LinearRun run_linear(KeptFp8Inputs keep) {
   LinearHarness h(keep);
   Fp8Linear& fp8 = h.fp8();
   const int N = LinearHarness::kRows, C = h.config().hidden_size, D = h.config().intermediate_size;
@@ -260,11 +267,9 @@ LinearRun run_linear(bool keep) {
     // Another layer's GEMM between the forwards and the backwards overwrites the shared x scratch.
     k::abs_max(fp8.absmax(1, Fp8Slot::Ln1Out), x_qkv->get(), elems(N, C), s);
     fp8.forward(h.mm(), y_qkv.get(), x_qkv->get(), fp8.absmax(1, Fp8Slot::Ln1Out), qkv1, nullptr, N, C, QKV, s);
-    // With kept transposes the backward must not read the bf16 x any more: poison it (NaN bytes).
-    if (keep) {
-      x_up->poison();
-      x_down->poison();
-    }
+    // The backward must not read the bf16 x of a kept input any more: poison it (NaN bytes).
+    if (keep.ln2) x_up->poison();
+    if (keep.swiglu) x_down->poison();
     const auto dy_down = random_bf16(elems(N, C), seed + 4, 1e-3f);
     const auto dy_up = random_bf16(elems(N, 2 * D), seed + 5, 1e-3f);
     k::abs_max(fp8.absmax(0, Fp8Slot::DResMlp), dy_down->get(), elems(N, C), s);
@@ -280,27 +285,30 @@ LinearRun run_linear(bool keep) {
                {"dx_up", dx_up.download()}, {"dx_down", dx_down.download()}, {"dw_up", dw_up->download()},
                {"dw_down", dw_down->download()}};
   r.quant_bytes = h.allocator().in_use(MemCategory::Quants, MemKind::Device);
-  r.kept = fp8.keeps_input_transposes();
+  r.kept = fp8.kept_inputs();
   return r;
 }
 
 }  // namespace
 
 TEST(Fp8KeptTransposes, LinearLayerIsBitIdenticalWithAndWithout) {
-  const LinearRun requantized = run_linear(/*keep=*/false);
-  const LinearRun kept = run_linear(/*keep=*/true);
-  EXPECT_FALSE(requantized.kept);
-  EXPECT_TRUE(kept.kept);
-  for (const auto& [name, ref] : requantized.outputs) {
-    EXPECT_TRUE(all_finite(ref)) << name << " has non-finite values";
-    EXPECT_EQ(differing_elements(kept.outputs.at(name), ref), 0u) << name << " differs with kept x^T";
+  const LinearRun requantized = run_linear({});
+  EXPECT_FALSE(requantized.kept.any());
+  for (const auto& [name, ref] : requantized.outputs) EXPECT_TRUE(all_finite(ref)) << name << " has non-finite values";
+  // All kept, and only the MLP-up input kept (--recompute-swiglu drops the MLP-down one).
+  for (const KeptFp8Inputs keep : {kKeepAll, KeptFp8Inputs{.ln1 = true, .att = true, .ln2 = true}}) {
+    SCOPED_TRACE(keep.swiglu ? "all kept" : "MLP down re-quantized");
+    const LinearRun kept = run_linear(keep);
+    EXPECT_EQ(kept.kept, keep);
+    for (const auto& [name, ref] : requantized.outputs)
+      EXPECT_EQ(differing_elements(kept.outputs.at(name), ref), 0u) << name << " differs with kept x^T";
+    EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes,
+              kept_transpose_bytes(test::tiny_qwen2_config(tiny_shape()), LinearHarness::kRows, keep));
   }
-  EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes,
-            kept_transpose_bytes(test::tiny_qwen2_config(tiny_shape()), LinearHarness::kRows));
 }
 
 TEST(Fp8KeptTransposes, BackwardWithoutThisMicroStepsForwardIsRefused) {
-  LinearHarness h(/*keep=*/true);
+  LinearHarness h(kKeepAll);
   Fp8Linear& fp8 = h.fp8();
   const int N = LinearHarness::kRows, C = h.config().hidden_size, D = h.config().intermediate_size;
   const int down = h.layer(0).mlp_down_w;
@@ -323,13 +331,13 @@ TEST(Fp8KeptTransposes, BackwardWithoutThisMicroStepsForwardIsRefused) {
 }
 
 TEST(Fp8KeptTransposes, IgnoredWhereTheBackwardIsNotFp8) {
-  const std::size_t plain = LinearHarness(/*keep=*/false, /*fp8_dgrad=*/false).allocator().in_use(
+  const std::size_t plain = LinearHarness({}, /*fp8_dgrad=*/false).allocator().in_use(
       MemCategory::Quants, MemKind::Device);
-  LinearHarness bf16_backward(/*keep=*/true, /*fp8_dgrad=*/false);
-  EXPECT_FALSE(bf16_backward.fp8().keeps_input_transposes()) << "bf16 weight gradients read the bf16 x";
+  LinearHarness bf16_backward(kKeepAll, /*fp8_dgrad=*/false);
+  EXPECT_FALSE(bf16_backward.fp8().kept_inputs().any()) << "bf16 weight gradients read the bf16 x";
   EXPECT_EQ(bf16_backward.allocator().in_use(MemCategory::Quants, MemKind::Device), plain);
-  LinearHarness odd_rows(/*keep=*/true, /*fp8_dgrad=*/true, /*rows=*/LinearHarness::kRows + 8);
-  EXPECT_FALSE(odd_rows.fp8().keeps_input_transposes()) << "B*T not a multiple of 16: bf16 weight gradients";
+  LinearHarness odd_rows(kKeepAll, /*fp8_dgrad=*/true, /*rows=*/LinearHarness::kRows + 8);
+  EXPECT_FALSE(odd_rows.fp8().kept_inputs().any()) << "B*T not a multiple of 16: bf16 weight gradients";
 }
 
 namespace {
@@ -384,14 +392,14 @@ void expect_same_run(const KeptRun& run, const KeptRun& ref) {
 
 }  // namespace
 
-// The speed configuration keeps x^T (also with an offload flag); keep_fp8_input_transposes off or a
-// recompute flag re-quantizes, which (as the offload and recompute tests check) changes no number, so
-// the runs must agree bit for bit.
+// The speed configuration keeps every x^T (also with an offload flag); keep_fp8_input_transposes off
+// re-quantizes every input, a recompute flag those it recomputes or reads, which (as the offload and
+// recompute tests check) changes no number, so the runs must agree bit for bit.
 TEST(Fp8KeptTransposes, ModelTrainsBitIdenticallyWithAndWithout) {
   const KeptRun kept = train_and_evaluate(kept_options(/*cuda_graphs=*/false));
   for (const StepResult& step : kept.steps) ASSERT_TRUE(std::isfinite(step.loss) && std::isfinite(step.grad_norm));
   const ModelConfig cfg = test::tiny_qwen2_config(tiny_shape());
-  const std::size_t kept_bytes = kept_transpose_bytes(cfg, kB * kT);
+  const std::size_t kept_bytes = kept_transpose_bytes(cfg, kB * kT, kKeepAll);
   // ln1_out, ln2_out [N, C] and swiglu_out [N, D] bf16: one buffer for all layers instead of L.
   const std::size_t per_layer_inputs =
       2 * device_block_bytes(std::size_t{kB} * kT * cfg.hidden_size * 2) +
@@ -405,13 +413,16 @@ TEST(Fp8KeptTransposes, ModelTrainsBitIdenticallyWithAndWithout) {
   EXPECT_EQ(kept.quant_bytes - requantized.quant_bytes, kept_bytes) << "Quants: kept x^T buffers only when enabled";
   EXPECT_EQ(requantized.activation_bytes - kept.activation_bytes, shared_input_savings)
       << "Activations: the bf16 GEMM inputs are kept per layer only when x^T is not";
-  {
-    SCOPED_TRACE("--recompute-swiglu re-quantizes");
+  for (const char* flag : {"swiglu", "norm", "ffn", "qkv", "att", "block"}) {
+    SCOPED_TRACE(std::string("--recompute-") + flag + " keeps the x^T of the inputs it neither recomputes nor reads");
     QwenModelOptions o = kept_options(false);
-    o.recompute.swiglu = true;
+    const std::string f = flag;
+    o.recompute = {.swiglu = f == "swiglu", .norm = f == "norm", .ffn = f == "ffn", .qkv = f == "qkv",
+                   .att = f == "att", .block = f == "block"};
     const KeptRun recompute = train_and_evaluate(o);
     expect_same_run(kept, recompute);
-    EXPECT_EQ(recompute.quant_bytes, requantized.quant_bytes);
+    EXPECT_EQ(recompute.quant_bytes - requantized.quant_bytes,
+              kept_transpose_bytes(cfg, kB * kT, KeptFp8Inputs::unless_recomputed(o.recompute)));
   }
   {
     SCOPED_TRACE("--offload-opt-m keeps x^T");

@@ -65,30 +65,39 @@ RecomputeOptions flags(const std::string& which) {
 const std::vector<std::string> kFlagSets = {"none", "swiglu", "norm", "ffn", "qkv", "att", "att+ffn+norm", "block"};
 
 // The activation plan in bytes (e = bytes per element, n = B*T rows):
-//   per layer, L copies, or 1 when recomputed:
-//     ln1_out + ln2_out 2 n C e (norm), qkv n (Hq+2Hkv) Hs e (qkv), att n Hq Hs e + lse B Hq T 4 (att),
-//     residual_mid n C e (block), mlp_up 2 n D e (ffn), swiglu_out n D e (swiglu)
+//   per layer, L copies, or 1 when recomputed or (FP8 gradients) kept as x^T e4m3:
+//     ln1_out n C e (norm; kept.ln1), ln2_out n C e (norm; kept.ln2), qkv n (Hq+2Hkv) Hs e (qkv),
+//     att n Hq Hs e + lse B Hq T 4 (att), residual_mid n C e (block), mlp_up 2 n D e (ffn),
+//     swiglu_out n D e (swiglu; kept.swiglu)
 //   always per layer: residual[0..L] (L+1) n C e, ln1_rstd + ln2_rstd 2 L n 4
 //   fixed: final_out n C e + final_rstd n 4, proj_out n C e, logits rows V e, losses n 4,
 //          gradients d_residual + d_ln 2 n C e, d_att n Hq Hs e, d_qkv n (Hq+2Hkv) Hs e,
-//          d_swiglu n D e, d_mlp_up 2 n D e
-std::size_t expected_activation_bytes(const ModelConfig& c, std::size_t e, int lmhead_rows, RecomputeOptions rc) {
+//          d_swiglu n D e, d_mlp_up 2 n D e (not with FP8 gradients)
+std::size_t expected_activation_bytes(const ModelConfig& c, std::size_t e, int lmhead_rows, RecomputeOptions rc,
+                                      KeptFp8Inputs kept = {}, bool mlp_up_gradient = true) {
   rc = rc.resolved();
   const std::size_t n = kB * kT, C = c.hidden_size, D = c.intermediate_size, L = c.num_layers, V = c.vocab_size;
   const std::size_t qkv = static_cast<std::size_t>(c.num_query_heads + 2 * c.num_kv_heads) * c.head_size;
   const std::size_t q = static_cast<std::size_t>(c.num_query_heads) * c.head_size;
   const std::size_t lse = static_cast<std::size_t>(kB) * c.num_query_heads * kT * 4;
-  auto copies = [&](bool recomputed) { return recomputed ? std::size_t{1} : L; };
+  auto copies = [&](bool shared) { return shared ? std::size_t{1} : L; };
   std::size_t bytes = (L + 1) * n * C * e + 2 * L * n * 4;
-  bytes += copies(rc.norm) * 2 * n * C * e;
+  bytes += (copies(rc.norm || kept.ln1) + copies(rc.norm || kept.ln2)) * n * C * e;
   bytes += copies(rc.qkv) * n * qkv * e;
   bytes += copies(rc.att) * (n * q * e + lse);
   bytes += copies(rc.block) * n * C * e;
   bytes += copies(rc.ffn) * n * 2 * D * e;
-  bytes += copies(rc.swiglu) * n * D * e;
+  bytes += copies(rc.swiglu || kept.swiglu) * n * D * e;
   bytes += n * C * e + n * 4 + n * C * e + static_cast<std::size_t>(lmhead_rows) * V * e + n * 4;
-  bytes += 2 * n * C * e + n * q * e + n * qkv * e + n * D * e + 2 * n * D * e;
+  bytes += 2 * n * C * e + n * q * e + n * qkv * e + n * D * e + (mlp_up_gradient ? 2 * n * D * e : 0);
   return bytes;
+}
+
+// The kept x^T e4m3 buffers (Fp8Linear, category Quants): N x in_f bytes per layer and kept input.
+std::size_t kept_transpose_bytes(const ModelConfig& c, const KeptFp8Inputs& kept) {
+  const std::size_t n = kB * kT, C = c.hidden_size, D = c.intermediate_size;
+  const std::size_t q = static_cast<std::size_t>(c.num_query_heads) * c.head_size;
+  return c.num_layers * n * (kept.ln1 * C + kept.att * q + kept.ln2 * C + kept.swiglu * D);
 }
 
 std::size_t planned_activation_bytes(const RecomputeOptions& rc, DType dtype = DType::BF16, int lmhead_chunks = 1) {
@@ -143,31 +152,76 @@ TEST(RunState, Fp8GradientsNeedNoBf16MlpUpGradient) {
             static_cast<std::size_t>(2) * kB * kT * small_config().intermediate_size * 2);
 }
 
-// FP8 speed configuration: the backward reads every block GEMM input as the forward's e4m3 x^T, so
-// ln1_out, ln2_out and swiglu_out are one buffer each for all layers (nothing is recomputed), while
-// att, qkv, mlp_up and residual_mid stay per layer; recomputation together with it is refused.
+TEST(KeptFp8Inputs, EveryInputNoRecomputationNeedsInBf16) {
+  auto kept = [](const std::string& which) { return KeptFp8Inputs::unless_recomputed(flags(which)); };
+  EXPECT_EQ(kept("none"), (KeptFp8Inputs{.ln1 = true, .att = true, .ln2 = true, .swiglu = true}));
+  // att's x^T comes on top of its bf16 copy: not where a flag asks to save memory.
+  EXPECT_EQ(kept("swiglu"), (KeptFp8Inputs{.ln1 = true, .ln2 = true}));
+  EXPECT_EQ(kept("norm"), (KeptFp8Inputs{.swiglu = true}));
+  EXPECT_EQ(kept("ffn"), (KeptFp8Inputs{.ln1 = true}));               // recomputing MLP up reads ln2_out
+  EXPECT_EQ(kept("qkv"), (KeptFp8Inputs{.ln2 = true, .swiglu = true}));  // recomputing QKV reads ln1_out
+  EXPECT_EQ(kept("att"), (KeptFp8Inputs{.ln2 = true, .swiglu = true}));
+  EXPECT_FALSE(kept("att+ffn+norm").any());
+  EXPECT_FALSE(kept("block").any());
+}
+
+// FP8 gradients: the backward reads a kept GEMM input only as the forward's e4m3 x^T, so a kept
+// ln1_out, ln2_out or swiglu_out is one buffer for all layers (nothing recomputes it), while att,
+// qkv, mlp_up and residual_mid stay per layer unless recomputed. Keeping an input that a
+// recomputation reads or refills is refused.
 TEST(RunState, GemmInputsKeptAsFp8AreSharedByAllLayers) {
   const ModelConfig cfg = small_config();
-  const std::size_t L = cfg.num_layers, n = kB * kT;
-  Allocator alloc(std::nullopt, std::make_unique<FakeDevice>());
-  RunState run(alloc, cfg, DType::BF16, kB, kT, 1, {}, false, /*mlp_up_gradient=*/false,
-               /*gemm_inputs_kept_as_fp8=*/true);
-  for (auto field : {&LayerActivations::ln1_out, &LayerActivations::ln2_out, &LayerActivations::swiglu_out})
-    EXPECT_EQ(distinct(run, field), 1u);
-  for (auto field : {&LayerActivations::qkv, &LayerActivations::att, &LayerActivations::att_lse,
-                     &LayerActivations::residual_mid, &LayerActivations::mlp_up, &LayerActivations::ln1_rstd,
-                     &LayerActivations::ln2_rstd})
-    EXPECT_EQ(distinct(run, field), L);
-  const LayerActivations& a = run.layers[0];
-  EXPECT_EQ((std::set<void*>{a.ln1_out.data, a.ln2_out.data, a.swiglu_out.data}).size(), 3u);
-  EXPECT_FALSE(run.recompute.any());
-  // (L - 1) copies of ln1_out + ln2_out (2 n C) and swiglu_out (n D) fewer, bf16; no d_mlp_up (2 n D).
-  const std::size_t expected = expected_activation_bytes(cfg, 2, kB * kT, {}) - 2 * n * 2 * cfg.intermediate_size -
-                               (L - 1) * (2 * n * cfg.hidden_size + n * cfg.intermediate_size) * 2;
-  EXPECT_EQ(alloc.in_use(MemCategory::Activations, MemKind::Device), expected);
+  const std::size_t L = cfg.num_layers;
+  for (const std::string& which : kFlagSets) {
+    SCOPED_TRACE(which);
+    const RecomputeOptions rc = flags(which).resolved();
+    const KeptFp8Inputs kept = KeptFp8Inputs::unless_recomputed(rc);
+    Allocator alloc(std::nullopt, std::make_unique<FakeDevice>());
+    RunState run(alloc, cfg, DType::BF16, kB, kT, 1, flags(which), false, /*mlp_up_gradient=*/false, kept);
+    EXPECT_EQ(run.kept_fp8_inputs, kept);
+    EXPECT_EQ(distinct(run, &LayerActivations::ln1_out), rc.norm || kept.ln1 ? 1u : L);
+    EXPECT_EQ(distinct(run, &LayerActivations::ln2_out), rc.norm || kept.ln2 ? 1u : L);
+    EXPECT_EQ(distinct(run, &LayerActivations::swiglu_out), rc.swiglu || kept.swiglu ? 1u : L);
+    EXPECT_EQ(distinct(run, &LayerActivations::att), rc.att ? 1u : L);  // kept x^T or not
+    EXPECT_EQ(distinct(run, &LayerActivations::ln1_rstd), L);
+    EXPECT_EQ(alloc.in_use(MemCategory::Activations, MemKind::Device),
+              expected_activation_bytes(cfg, 2, kB * kT, rc, kept, /*mlp_up_gradient=*/false));
+    const LayerActivations& a = run.layers[0];
+    EXPECT_EQ((std::set<void*>{a.ln1_out.data, a.ln2_out.data, a.swiglu_out.data}).size(), 3u) << "no aliasing";
+  }
 
   Allocator other(std::nullopt, std::make_unique<FakeDevice>());
-  EXPECT_THROW(RunState(other, cfg, DType::BF16, kB, kT, 1, flags("swiglu"), false, false, true), Error);
+  EXPECT_THROW(RunState(other, cfg, DType::BF16, kB, kT, 1, flags("swiglu"), false, false,
+                        KeptFp8Inputs{.swiglu = true}), Error);
+  EXPECT_THROW(RunState(other, cfg, DType::BF16, kB, kT, 1, flags("qkv"), false, false, KeptFp8Inputs{.ln1 = true}),
+               Error);
+  EXPECT_THROW(RunState(other, cfg, DType::BF16, kB, kT, 1, flags("ffn"), false, false, KeptFp8Inputs{.ln2 = true}),
+               Error);
+}
+
+// With FP8 gradients a recompute flag saves memory as it does in bf16, counting the kept x^T: it
+// drops its own tensors and never swaps a kept x^T for a bf16 copy per layer. And no flag set keeps
+// more than re-quantizing every input would (the plan before kept x^T under recomputation).
+TEST(RunState, Fp8RecomputationSavesMemoryMonotonically) {
+  const ModelConfig cfg = small_config();
+  std::map<std::string, std::size_t> bytes;
+  for (const std::string& which : kFlagSets) {
+    const KeptFp8Inputs kept = KeptFp8Inputs::unless_recomputed(flags(which));
+    bytes[which] = expected_activation_bytes(cfg, 2, kB * kT, flags(which), kept, false) +
+                   kept_transpose_bytes(cfg, kept);
+  }
+  EXPECT_LT(bytes["block"], bytes["att+ffn+norm"]);
+  EXPECT_LT(bytes["att+ffn+norm"], bytes["att"]);
+  EXPECT_LT(bytes["att"], bytes["qkv"]);
+  EXPECT_LT(bytes["qkv"], bytes["none"]);
+  EXPECT_LT(bytes["ffn"], bytes["swiglu"]);
+  EXPECT_LT(bytes["swiglu"], bytes["none"]);
+  EXPECT_LT(bytes["norm"], bytes["none"]);
+  for (const std::string& which : kFlagSets) {
+    if (which == "none") continue;  // keeping att's x^T costs memory there, for speed
+    const std::size_t requantized = expected_activation_bytes(cfg, 2, kB * kT, flags(which), {}, false);
+    EXPECT_LE(bytes[which], requantized) << which;
+  }
 }
 
 TEST(RunState, RecomputationSavesMemoryMonotonically) {
