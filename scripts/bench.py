@@ -45,22 +45,23 @@ from bench_table import first_error_line, format_tps, markdown_report, summarize
 REPO = Path(__file__).resolve().parent.parent
 
 # Micro-batch, gradient accumulation and extra train flags per model for one 80 GB H100 at seq 1024,
-# no recomputation. Device memory (llmq's allocator, measured): 0.5B B=32 47 GiB; 1.5B B=16 55 GiB;
+# no recomputation. Device memory (llmq's allocator, measured): 0.5B B=32 47 GiB; 1.5B B=24 74 GiB;
 # 3B B=8 63 GiB; 7B does not fit with fp32 Adam moments (85 GiB of weights, gradients and moments), so
 # it keeps them in bf16: B=4 76 GiB. A dtype key overrides entries for that matmul dtype. FP8 (e4m3
 # with e5m2 gradients) keeps x^T e4m3 of the GEMM inputs instead of their bf16 copies per layer
-# (less memory), which leaves room for a larger micro-batch: 1.5B B=24 70 GiB (75.1k tokens/s against
-# 73.7k at B=16), 3B B=12 78 GiB (40.2k against 39.8k at B=8); 7B's 12 GiB of e4m3 weight copies (W
-# and W^T) leave B=2 (77 GiB; 18.3k tokens/s against 17.8k with --recompute-swiglu, 76 GiB).
-# Accumulation keeps the optimizer step (a pass over every parameter's weights, gradients and
-# moments: 4% of a 0.5B step at accumulation 1) a small share of a step; measured on the H100, 0.5B
-# e4m3 ran 165k at 32 x 1, 170k at 32 x 2 and 171k at 32 x 4.
+# (less memory), which leaves room for a larger micro-batch for 3B: B=12 78 GiB (40.2k tokens/s
+# against 39.8k at B=8); 7B's 12 GiB of e4m3 weight copies (W and W^T) leave B=2 (77 GiB).
+# Accumulation makes a step 128 to 512 sequences (LLM.Q's own 0.5B benchmark ran 32 x 16), which
+# keeps the optimizer step (a pass over every parameter's weights, gradients and moments) a small
+# share: measured on the H100, 7B e4m3 ran 18.0k tokens/s at 2 x 8, 18.9k at 2 x 16 and 19.3k at
+# 2 x 32; 0.5B bf16, whose micro-steps are long against its optimizer step, ran 156.9k at 32 x 4 and
+# 156.4k at 32 x 16.
 MODEL_DEFAULTS = {
-    "Qwen2.5-0.5B": {"batch": 32, "accum": 4, "flags": []},
-    "Qwen2.5-1.5B": {"batch": 16, "accum": 4, "flags": [], "e4m3": {"batch": 24, "accum": 3}},
-    "Qwen2.5-3B": {"batch": 8, "accum": 4, "flags": [], "e4m3": {"batch": 12, "accum": 3}},
-    "Qwen2.5-7B": {"batch": 4, "accum": 8, "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"],
-                   "e4m3": {"batch": 2, "accum": 8}},
+    "Qwen2.5-0.5B": {"batch": 32, "accum": 16, "flags": []},
+    "Qwen2.5-1.5B": {"batch": 24, "accum": 12, "flags": []},
+    "Qwen2.5-3B": {"batch": 8, "accum": 16, "flags": [], "e4m3": {"batch": 12, "accum": 12}},
+    "Qwen2.5-7B": {"batch": 4, "accum": 32, "flags": ["--opt-m-dtype=bf16", "--opt-v-dtype=bf16"],
+                   "e4m3": {"batch": 2, "accum": 64}},
 }
 FALLBACK_DEFAULT = {"batch": 4, "accum": 4, "flags": []}  # a model not in the table
 
