@@ -64,9 +64,9 @@ struct QwenModelOptions {
 
   // The GEMM inputs whose x^T the FP8 forward keeps: with keep_fp8_input_transposes and FP8 weight
   // gradients (e4m3 x e5m2, B*T a multiple of 16), those that no recomputation reads or refills in
-  // bf16. Per token and layer an input of width W takes W bytes of x^T instead of 2W bytes of bf16
-  // (att: W bytes on top of the 2W the attention backward needs), and the backward skips its
-  // quantization pass.
+  // bf16 (KeptFp8Inputs::unless_recomputed). Per token and layer an input of width W takes W bytes
+  // of x^T instead of 2W bytes of bf16 (att's comes on top of the bf16 copy the attention backward
+  // needs, so only without recomputation), and the backward skips its quantization pass.
   KeptFp8Inputs kept_fp8_inputs() const {
     if (!fp8_backward() || !keep_fp8_input_transposes) return {};
     return KeptFp8Inputs::unless_recomputed(recompute);
