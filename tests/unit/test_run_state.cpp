@@ -113,6 +113,17 @@ std::size_t distinct(const RunState& run, Tensor LayerActivations::*field) {
   return ptrs.size();
 }
 
+// Bytes per flag set (kFlagSets): each flag saves memory, and a flag that recomputes more saves more.
+void expect_each_flag_saves(std::map<std::string, std::size_t>& bytes) {
+  EXPECT_LT(bytes["block"], bytes["att+ffn+norm"]);  // block also drops residual_mid
+  EXPECT_LT(bytes["att+ffn+norm"], bytes["att"]);
+  EXPECT_LT(bytes["att"], bytes["qkv"]);
+  EXPECT_LT(bytes["qkv"], bytes["none"]);
+  EXPECT_LT(bytes["ffn"], bytes["swiglu"]);
+  EXPECT_LT(bytes["swiglu"], bytes["none"]);
+  EXPECT_LT(bytes["norm"], bytes["none"]);
+}
+
 }  // namespace
 
 TEST(RecomputeOptions, ImplicationsFollowTheFlags) {
@@ -210,13 +221,7 @@ TEST(RunState, Fp8RecomputationSavesMemoryMonotonically) {
     bytes[which] = expected_activation_bytes(cfg, 2, kB * kT, flags(which), kept, false) +
                    kept_transpose_bytes(cfg, kept);
   }
-  EXPECT_LT(bytes["block"], bytes["att+ffn+norm"]);
-  EXPECT_LT(bytes["att+ffn+norm"], bytes["att"]);
-  EXPECT_LT(bytes["att"], bytes["qkv"]);
-  EXPECT_LT(bytes["qkv"], bytes["none"]);
-  EXPECT_LT(bytes["ffn"], bytes["swiglu"]);
-  EXPECT_LT(bytes["swiglu"], bytes["none"]);
-  EXPECT_LT(bytes["norm"], bytes["none"]);
+  expect_each_flag_saves(bytes);
   for (const std::string& which : kFlagSets) {
     if (which == "none") continue;  // keeping att's x^T costs memory there, for speed
     const std::size_t requantized = expected_activation_bytes(cfg, 2, kB * kT, flags(which), {}, false);
@@ -227,13 +232,7 @@ TEST(RunState, Fp8RecomputationSavesMemoryMonotonically) {
 TEST(RunState, RecomputationSavesMemoryMonotonically) {
   std::map<std::string, std::size_t> bytes;
   for (const std::string& which : kFlagSets) bytes[which] = planned_activation_bytes(flags(which));
-  EXPECT_LT(bytes["block"], bytes["att+ffn+norm"]);  // block also drops residual_mid
-  EXPECT_LT(bytes["att+ffn+norm"], bytes["att"]);
-  EXPECT_LT(bytes["att"], bytes["qkv"]);
-  EXPECT_LT(bytes["qkv"], bytes["none"]);
-  EXPECT_LT(bytes["ffn"], bytes["swiglu"]);
-  EXPECT_LT(bytes["swiglu"], bytes["none"]);
-  EXPECT_LT(bytes["norm"], bytes["none"]);
+  expect_each_flag_saves(bytes);
   // Each dropped tensor saves (L - 1) copies: swiglu_out is n D e bytes per layer.
   const ModelConfig cfg = small_config();
   EXPECT_EQ(bytes["none"] - bytes["swiglu"],
