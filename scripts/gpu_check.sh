@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs llmq's GPU checks on a machine with an NVIDIA GPU, from binaries built there or elsewhere.
-#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench table memory errors profile quickstart
+#   bash scripts/gpu_check.sh [BIN_DIR] [STAGE...]   stages: tests reference train resume bench table memory errors profile scaling quickstart
 #                                                    (default: all but quickstart)
 # BIN_DIR holds train, reference_step and gpu_test_* (default: build); BIN_DIR/lib, if present, is put on
 # LD_LIBRARY_PATH (libraries the GPU machine lacks). Logs go to $OUT (default: gpu_logs): one log per
@@ -211,6 +211,12 @@ print(f"profile: {all_ns / 1e6:.1f} ms of kernel time (steps 2 and 3 of B=16 T=1
 for name, t in sorted(total.items(), key=lambda kv: -kv[1])[:32]:
     print(f"  {t / all_ns * 100:5.1f}%  {t / 1e6:8.2f} ms  {count[name]:5d}x  {name}")
 PY
+}
+
+stage_scaling() {  # cuBLASLt's FP8 scaling modes: the scale layout each reads, and speed at the Qwen2.5 shapes
+  "$BIN/fp8_scaling_probe" >"$OUT/scaling.log" 2>&1
+  note "scaling probe rc=$?"
+  grep -E "^(device|layout|speed)" "$OUT/scaling.log" >>"$SUMMARY"
 }
 
 stage_quickstart() {
