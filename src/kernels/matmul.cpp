@@ -50,6 +50,7 @@ struct ProblemKey {
   bool trans_a, trans_b, has_bias;
   bool fast_accum;  // FP8 only
   DType a_dtype, b_dtype, out_dtype, bias_dtype;
+  Fp8Scaling a_scaling = Fp8Scaling::Tensor, b_scaling = Fp8Scaling::Tensor;  // FP8 only
   std::uint32_t align_a, align_b, align_out, align_bias;
 
   bool is_fp8() const { return is_float8(a_dtype); }
@@ -68,17 +69,40 @@ struct ProblemKeyHash {
         static_cast<std::uint64_t>(k.out_dtype) << 8 | static_cast<std::uint64_t>(k.bias_dtype));
     mix(k.align_a | static_cast<std::uint64_t>(k.align_b) << 16 | static_cast<std::uint64_t>(k.align_out) << 32 |
         static_cast<std::uint64_t>(k.align_bias) << 48);
+    mix(static_cast<std::uint64_t>(k.a_scaling) << 8 | static_cast<std::uint64_t>(k.b_scaling));
     return h;
   }
 };
 
+const char* scaling_name(Fp8Scaling s) {
+  switch (s) {
+    case Fp8Scaling::Tensor: return "tensor";
+    case Fp8Scaling::Block1x128: return "1x128";
+    case Fp8Scaling::Block128x128: return "128x128";
+  }
+  return "?";
+}
+
+// Also the key of the algorithm choices saved in checkpoints: per-tensor problems keep the text
+// they had before block scaling existed.
 std::string describe(const ProblemKey& k) {
+  const bool blocks = k.a_scaling != Fp8Scaling::Tensor || k.b_scaling != Fp8Scaling::Tensor;
   return fmt::format(
-      "M={} N={} K={} (a {}, b {}, {} output, trans_a={}, trans_b={}, bias={}{}; pointer alignment a={} B, b={} B, "
+      "M={} N={} K={} (a {}, b {}, {} output, trans_a={}, trans_b={}, bias={}{}{}; pointer alignment a={} B, b={} B, "
       "out={} B, bias={} B)",
       k.M, k.N, k.K, dtype_name(k.a_dtype), dtype_name(k.b_dtype), dtype_name(k.out_dtype), k.trans_a, k.trans_b,
-      k.has_bias, k.is_fp8() ? fmt::format(", fast_accum={}", k.fast_accum) : "", k.align_a, k.align_b, k.align_out,
-      k.align_bias);
+      k.has_bias, k.is_fp8() ? fmt::format(", fast_accum={}", k.fast_accum) : "",
+      blocks ? fmt::format(", scaling a={} b={}", scaling_name(k.a_scaling), scaling_name(k.b_scaling)) : "",
+      k.align_a, k.align_b, k.align_out, k.align_bias);
+}
+
+std::int32_t cublaslt_scale_mode(Fp8Scaling s) {
+  switch (s) {
+    case Fp8Scaling::Tensor: return CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+    case Fp8Scaling::Block1x128: return CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+    case Fp8Scaling::Block128x128: return CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+  }
+  return CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
 }
 
 // The device pointers of one call (the scales only for FP8).
@@ -232,6 +256,10 @@ class MatmulPlan {
     }
     if (fp8_) {
       set_attribute(CUBLASLT_MATMUL_DESC_FAST_ACCUM, static_cast<std::int8_t>(k.fast_accum));
+      if (k.b_scaling != Fp8Scaling::Tensor)  // cuBLASLt's A is our b
+        set_attribute(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, cublaslt_scale_mode(k.b_scaling));
+      if (k.a_scaling != Fp8Scaling::Tensor)
+        set_attribute(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, cublaslt_scale_mode(k.a_scaling));
       set_scale_pointers(ops);
     }
     create_layouts(k);
@@ -440,7 +468,17 @@ void check_fp8_problem(void* out, DType out_dtype, const void* a, DType a_dtype,
 void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const void* a, DType a_dtype, const float* a_scale_inv,
                 const void* b, DType b_dtype, const float* b_scale_inv, int M, int N, int K, bool accumulate,
                 const void* bias, bool fast_accum, cudaStream_t stream) {
-  check_fp8_problem(out, out_dtype, a, a_dtype, a_scale_inv, b, b_dtype, b_scale_inv, M, N, K);
+  matmul_fp8(ctx, out, out_dtype, Fp8Operand{a, a_dtype, a_scale_inv}, Fp8Operand{b, b_dtype, b_scale_inv}, M, N, K,
+             accumulate, bias, fast_accum, stream);
+}
+
+void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const Fp8Operand& a, const Fp8Operand& b, int M, int N,
+                int K, bool accumulate, const void* bias, bool fast_accum, cudaStream_t stream) {
+  check_fp8_problem(out, out_dtype, a.data, a.dtype, a.scale_inv, b.data, b.dtype, b.scale_inv, M, N, K);
+  const bool blocks = a.scaling != Fp8Scaling::Tensor || b.scaling != Fp8Scaling::Tensor;
+  LLMQ_REQUIRE(!(blocks && fast_accum),
+               "matmul_fp8 M={} N={} K={}: block-scaled operands (a {}, b {}) need fast_accum off: their scales are "
+               "applied when the partial sums are promoted", M, N, K, scaling_name(a.scaling), scaling_name(b.scaling));
   const ProblemKey key{.M = M,
                        .N = N,
                        .K = K,
@@ -448,17 +486,42 @@ void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const void* a, D
                        .trans_b = true,
                        .has_bias = bias != nullptr,
                        .fast_accum = fast_accum,
-                       .a_dtype = a_dtype,
-                       .b_dtype = b_dtype,
+                       .a_dtype = a.dtype,
+                       .b_dtype = b.dtype,
                        .out_dtype = out_dtype,
                        .bias_dtype = DType::BF16,  // cuBLASLt's FP8 kernels: bf16 bias for bf16 and fp32 outputs
-                       .align_a = pointer_alignment(a),
-                       .align_b = pointer_alignment(b),
+                       .a_scaling = a.scaling,
+                       .b_scaling = b.scaling,
+                       .align_a = pointer_alignment(a.data),
+                       .align_b = pointer_alignment(b.data),
                        .align_out = pointer_alignment(out),
                        .align_bias = bias ? pointer_alignment(bias) : 256u};
   const MatmulOperands ops{
-      .out = out, .a = a, .b = b, .bias = bias, .a_scale_inv = a_scale_inv, .b_scale_inv = b_scale_inv};
+      .out = out, .a = a.data, .b = b.data, .bias = bias, .a_scale_inv = a.scale_inv, .b_scale_inv = b.scale_inv};
   run_planned(*ctx.impl_, key, ops, 1.f, accumulate, stream);
+}
+
+namespace {
+int blocks_of_128(int n) { return (n + 127) / 128; }
+int round_up_4(int n) { return (n + 3) / 4 * 4; }
+}  // namespace
+
+ScaleLayout fp8_scale_layout(Fp8Scaling scaling, int rows, int k) {
+  switch (scaling) {
+    case Fp8Scaling::Tensor: return {0, 0};
+    case Fp8Scaling::Block1x128: return {1, round_up_4(rows)};
+    case Fp8Scaling::Block128x128: return {round_up_4(blocks_of_128(k)), 1};
+  }
+  return {0, 0};
+}
+
+std::size_t fp8_scale_count(Fp8Scaling scaling, int rows, int k) {
+  switch (scaling) {
+    case Fp8Scaling::Tensor: return 1;
+    case Fp8Scaling::Block1x128: return static_cast<std::size_t>(round_up_4(rows)) * blocks_of_128(k);
+    case Fp8Scaling::Block128x128: return static_cast<std::size_t>(blocks_of_128(rows)) * round_up_4(blocks_of_128(k));
+  }
+  return 1;
 }
 
 namespace {

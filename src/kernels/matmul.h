@@ -41,8 +41,11 @@
 
 #include "core/dtype.h"
 #include "core/tensor.h"
+#include "kernels/quantize_blocks.h"
 
 namespace llmq::kernels {
+
+struct Fp8Operand;
 
 class MatmulContext {
  public:
@@ -79,8 +82,8 @@ class MatmulContext {
   std::unique_ptr<Impl> impl_;
   friend void matmul(MatmulContext&, void*, DType, const void*, const void*, DType, int, int, int, bool, bool, float,
                      bool, const void*, cudaStream_t);
-  friend void matmul_fp8(MatmulContext&, void*, DType, const void*, DType, const float*, const void*, DType,
-                         const float*, int, int, int, bool, const void*, bool, cudaStream_t);
+  friend void matmul_fp8(MatmulContext&, void*, DType, const Fp8Operand&, const Fp8Operand&, int, int, int, bool,
+                         const void*, bool, cudaStream_t);
 };
 
 // Raw-pointer launcher (see the head comment for the math). bias may be null.
@@ -101,5 +104,35 @@ void matmul(MatmulContext& ctx, const Tensor& out, const Tensor& a, const Tensor
 void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const void* a, DType a_dtype, const float* a_scale_inv,
                 const void* b, DType b_dtype, const float* b_scale_inv, int M, int N, int K, bool accumulate,
                 const void* bias, bool fast_accum, cudaStream_t stream);
+
+// How an FP8 operand is scaled: cuBLASLt's scale modes (the block modes need Hopper; on Ada and
+// Blackwell cuBLASLt has no such kernels and matmul_fp8 reports that no algorithm exists).
+enum class Fp8Scaling {
+  Tensor,        // one scale_inv for the whole operand (SCALAR_32F)
+  Block1x128,    // one per row and 128 consecutive K elements (VEC128_32F)
+  Block128x128,  // one per 128 x 128 block (BLK128x128_32F); no fast accumulation with either block mode
+};
+
+// Where the GEMM reads the scale_inv of block (i, j) of an operand [rows, k] (i: the row for
+// Block1x128, the block row for Block128x128; j: the block of 128 K elements), to hand to
+// quantize_blocks_fp8 (Row128 / Square128), and the floats the operand's scale array spans.
+// Block1x128: [k / 128][rows rounded up to 4], rows contiguous; Block128x128: [rows / 128][k / 128
+// rounded up to 4], K blocks contiguous (cuBLASLt's layouts as documented for Hopper; the `scaling`
+// stage of scripts/gpu_check.sh checks them on the GPU).
+ScaleLayout fp8_scale_layout(Fp8Scaling scaling, int rows, int k);
+std::size_t fp8_scale_count(Fp8Scaling scaling, int rows, int k);
+
+// One FP8 operand of matmul_fp8: [rows, K] K-major values of `dtype` and their scale_inv (one
+// float, or the block scales laid out as fp8_scale_layout says; 16-byte aligned either way).
+struct Fp8Operand {
+  const void* data;
+  DType dtype;
+  const float* scale_inv;
+  Fp8Scaling scaling = Fp8Scaling::Tensor;
+};
+
+// The FP8 launcher with per-operand scaling (the one above is its per-tensor case).
+void matmul_fp8(MatmulContext& ctx, void* out, DType out_dtype, const Fp8Operand& a, const Fp8Operand& b, int M, int N,
+                int K, bool accumulate, const void* bias, bool fast_accum, cudaStream_t stream);
 
 }  // namespace llmq::kernels

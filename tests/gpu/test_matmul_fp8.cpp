@@ -22,6 +22,7 @@
 #include "kernels/init.h"
 #include "kernels/matmul.h"
 #include "kernels/quantize.h"
+#include "kernels/quantize_blocks.h"
 
 namespace llmq::test {
 namespace {
@@ -38,30 +39,52 @@ double tolerance(DType out_dtype, bool fast_accum) {
   return fast_accum ? kTolFp32OutFastAccum : kTolFp32Out;
 }
 
-// A random bf16 matrix [rows, cols] quantized on the device (abs_max + quantize_fp8), with its
-// dequantized values on the host.
+// A random bf16 matrix [rows, cols] quantized on the device, with its dequantized values on the
+// host: per tensor (abs_max + quantize_fp8) or in blocks (quantize_blocks_fp8, scales where the GEMM
+// reads them: fp8_scale_layout).
 class QuantizedMatrix {
  public:
-  QuantizedMatrix(int rows, int cols, DType dtype, float stddev, std::uint64_t seed)
-      : rows_(rows), cols_(cols), dtype_(dtype), q_(static_cast<std::size_t>(rows) * cols), scales_(8) {
+  QuantizedMatrix(int rows, int cols, DType dtype, float stddev, std::uint64_t seed,
+                  kernels::Fp8Scaling scaling = kernels::Fp8Scaling::Tensor)
+      : rows_(rows),
+        cols_(cols),
+        dtype_(dtype),
+        scaling_(scaling),
+        q_(static_cast<std::size_t>(rows) * cols),
+        scales_(4 + std::max<std::size_t>(4, kernels::fp8_scale_count(scaling, rows, cols))) {
     const std::size_t n = q_.size();
     DeviceBuffer<nv_bfloat16> x(to_bf16(random_normal(n, seed, stddev)));
     q_.poison();
     scales_.poison();
-    kernels::abs_max(absmax_slot(), x.get(), n, nullptr);
-    kernels::quantize_fp8(q_.get(), dtype, scale_inv_slot(), x.get(), absmax_slot(), n, nullptr);
+    const kernels::ScaleLayout layout = kernels::fp8_scale_layout(scaling, rows, cols);
+    if (scaling == kernels::Fp8Scaling::Tensor) {
+      kernels::abs_max(absmax_slot(), x.get(), n, nullptr);
+      kernels::quantize_fp8(q_.get(), dtype, scale_inv_slot(), x.get(), absmax_slot(), n, nullptr);
+    } else {
+      const auto blocks = scaling == kernels::Fp8Scaling::Block1x128 ? kernels::Fp8Blocks::Row128
+                                                                     : kernels::Fp8Blocks::Square128;
+      kernels::quantize_blocks_fp8(q_.get(), scale_inv_slot(), layout, nullptr, nullptr, {}, dtype, blocks, x.get(),
+                                   rows, cols, nullptr);
+    }
     sync_and_check();
     const std::vector<fp8_byte> q = q_.download();
-    const double scale_inv = scales_.download()[4];
+    const std::vector<float> scales = scales_.download();
     values_.resize(n);
-    for (std::size_t i = 0; i < n; ++i) values_[i] = fp8_to_float(q[i], dtype) * scale_inv;
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) {
+        const std::int64_t i = scaling == kernels::Fp8Scaling::Block128x128 ? r / 128 : r;
+        const double scale_inv = scales[4 + i * layout.i_stride + c / 128 * layout.j_stride];
+        const std::size_t at = static_cast<std::size_t>(r) * cols + c;
+        values_[at] = fp8_to_float(q[at], dtype) * scale_inv;
+      }
   }
 
   int rows() const { return rows_; }
   int cols() const { return cols_; }
   DType dtype() const { return dtype_; }
+  kernels::Fp8Operand operand() const { return {q_.get(), dtype_, scale_inv_slot(), scaling_}; }
   const void* data() const { return q_.get(); }
-  const float* scale_inv() const { return scales_.get() + 4; }
+  const float* scale_inv() const { return scale_inv_slot(); }
   const double* row(int r) const { return values_.data() + static_cast<std::size_t>(r) * cols_; }
 
  private:
@@ -70,8 +93,9 @@ class QuantizedMatrix {
 
   int rows_, cols_;
   DType dtype_;
+  kernels::Fp8Scaling scaling_;
   DeviceBuffer<fp8_byte> q_;
-  DeviceBuffer<float> scales_;  // [0] abs-max, [4] scale_inv (cuBLASLt needs 16-byte aligned scales)
+  DeviceBuffer<float> scales_;  // [0] abs-max, from [4] scale_inv (cuBLASLt needs 16-byte aligned scales)
   std::vector<double> values_;  // dequantized
 };
 
@@ -141,9 +165,8 @@ class MatmulFp8Test : public ::testing::Test {
       out.upload(as_device_type<T>(c0));
     else
       out.poison();
-    kernels::matmul_fp8(*ctx_, out.get(), o.out_dtype, a.data(), a.dtype(), a.scale_inv(), b.data(), b.dtype(),
-                        b.scale_inv(), a.rows(), b.rows(), a.cols(), o.accumulate, o.with_bias ? d_bias.get() : nullptr,
-                        o.fast_accum, nullptr);
+    kernels::matmul_fp8(*ctx_, out.get(), o.out_dtype, a.operand(), b.operand(), a.rows(), b.rows(), a.cols(),
+                        o.accumulate, o.with_bias ? d_bias.get() : nullptr, o.fast_accum, nullptr);
     sync_and_check();
     return as_float(out.download());
   }
@@ -198,6 +221,36 @@ TEST_F(MatmulFp8Test, MDoesNotNeedToBeAMultipleOf16) {
   const QuantizedMatrix a(37, 896, DType::E4M3, 2.f, 500), b(896, 896, DType::E4M3, 0.03f, 501);
   check(a, b, {.out_dtype = DType::BF16}, 502);
   check(a, b, {.out_dtype = DType::FP32, .with_bias = true}, 503);
+}
+
+// Block-scaled operands (Hopper): activations or gradients in 1 x 128 blocks, weights in 128 x 128
+// blocks (forward and data gradient), both 1 x 128 along the tokens (weight gradient). Sizes with
+// partial blocks (K = 896 = 7 blocks, N = 1152 = 9 blocks, M = 200) check where the scales are read.
+TEST_F(MatmulFp8Test, BlockScaledOperandsMatchTheDequantizedProduct) {
+  using kernels::Fp8Scaling;
+  const QuantizedMatrix x(200, 896, DType::E4M3, 2.f, 700, Fp8Scaling::Block1x128);
+  const QuantizedMatrix w(1152, 896, DType::E4M3, 0.03f, 701, Fp8Scaling::Block128x128);
+  const QuantizedMatrix dy(256, 640, DType::E5M2, 1e-3f, 702, Fp8Scaling::Block1x128);
+  const QuantizedMatrix w_t(384, 640, DType::E4M3, 0.03f, 703, Fp8Scaling::Block128x128);
+  const QuantizedMatrix dy_t(384, 512, DType::E4M3, 1e-3f, 704, Fp8Scaling::Block1x128);
+  const QuantizedMatrix x_t(256, 512, DType::E4M3, 2.f, 705, Fp8Scaling::Block1x128);
+  for (DType out : {DType::BF16, DType::FP32}) {
+    check(x, w, {.out_dtype = out}, 706);
+    check(x, w, {.out_dtype = out, .with_bias = true}, 707);
+    check(dy, w_t, {.out_dtype = out}, 708);
+    check(dy_t, x_t, {.out_dtype = out, .accumulate = true}, 709);
+  }
+}
+
+TEST_F(MatmulFp8Test, BlockScalingRefusesFastAccumulation) {
+  using kernels::Fp8Scaling;
+  const QuantizedMatrix a(32, 128, DType::E4M3, 1.f, 800, Fp8Scaling::Block1x128);
+  const QuantizedMatrix b(128, 128, DType::E4M3, 1.f, 801, Fp8Scaling::Block128x128);
+  DeviceBuffer<nv_bfloat16> out(32 * 128);
+  expect_error([&] {
+    kernels::matmul_fp8(*ctx_, out.get(), DType::BF16, a.operand(), b.operand(), 32, 128, 128, false, nullptr, true,
+                        nullptr);
+  }, "fast_accum off");
 }
 
 TEST_F(MatmulFp8Test, PlanCacheKeysOnDtypesAndFastAccum) {
