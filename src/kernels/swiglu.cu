@@ -56,7 +56,7 @@ __global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const float g = to_float(gate[k]);
-      o[k] = from_float<T>(g * sigmoid(g) * to_float(up[k]));
+      o[k] = from_float<T>(swiglu_value(g, to_float(up[k])));
       if constexpr (kAbsMax) absmax_bits = max_abs_bits(absmax_bits, to_float(o[k]));
     }
     store_vec(out + n * D + j, o);

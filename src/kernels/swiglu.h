@@ -10,6 +10,9 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "core/dtype.h"
+#include "kernels/quantize_blocks.h"
+
 namespace llmq::kernels {
 
 // out[n, j] = silu(h[n, j]) * h[n, D + j], out [N, D]. D % 8 == 0 required.
@@ -33,5 +36,17 @@ void swiglu_backward_abs_max(float* absmax, const nv_bfloat16* dout, const nv_bf
                              cudaStream_t stream);
 void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat16* dout, const nv_bfloat16* h,
                           const float* absmax, int N, int D, cudaStream_t stream);
+
+// Block-scaled FP8 (1 x 128 blocks, quantize_blocks.h) straight from h, with no bf16 tensor in
+// between: the bytes and scales quantize_blocks_fp8(..., Fp8Blocks::Row128, ...) writes for the
+// bf16 tensor that swiglu_forward (out [N, D]) or swiglu_backward (dh [N, 2D]) would write. q
+// [rows, cols] and/or q_t [cols, rows] with their scale_inv arrays, as there. h and dout 16-byte
+// aligned, D % 8 == 0.
+void swiglu_forward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
+                               ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* h, int N, int D,
+                               cudaStream_t stream);
+void swiglu_backward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
+                                ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* dout, const nv_bfloat16* h,
+                                int N, int D, cudaStream_t stream);
 
 }  // namespace llmq::kernels

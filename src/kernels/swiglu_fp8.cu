@@ -1,4 +1,6 @@
-// SwiGLU backward straight to e5m2 (declared in swiglu.h): one pass that reads gate, up and dout
+// SwiGLU straight to FP8 (declared in swiglu.h).
+//
+// Per-tensor e5m2 backward (swiglu_backward_e5m2): one pass that reads gate, up and dout
 // once and writes dh quantized, row-major and transposed, with no bf16 dh in between. Per element
 // of dout that is 6 bytes read and 4 written, where swiglu_backward + quantize_transpose_fp8 move
 // 14 (the abs-max pre-pass adds 6 bytes to both ways).
@@ -14,6 +16,7 @@
 #include "kernels/fp8_common.cuh"
 #include "kernels/kernel_utils.cuh"
 #include "kernels/quantize.h"
+#include "kernels/quantize_blocks.cuh"
 #include "kernels/swiglu.h"
 #include "kernels/swiglu_math.cuh"
 
@@ -105,6 +108,103 @@ void swiglu_backward_e5m2(void* q, void* q_t, float* scale_inv, const nv_bfloat1
   kernel<<<grid, fp8::kTileThreads, 0, stream>>>(static_cast<fp8_byte*>(q), static_cast<fp8_byte*>(q_t), scale_inv, dout,
                                                  h, absmax, N, D, fp8_max(DType::E5M2), vec);
   LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+// ---- block-scaled (1 x 128) forward and backward -------------------------------------------------
+
+namespace {
+
+// The SwiGLU output out [N, D] as swiglu_forward writes it (rounded to bf16), 8 values at a time.
+struct SwigluForwardSource {
+  const nv_bfloat16* h;
+  int D;
+  __device__ __forceinline__ void load(int row, int col, Vec<nv_bfloat16> (&chunk)[1]) const {
+    if (col >= D) {  // D % 8 == 0: a chunk is inside the row or past it
+#pragma unroll
+      for (int k = 0; k < blocks::kRowChunk; ++k) chunk[0][k] = __float2bfloat16(0.f);
+      return;
+    }
+    const nv_bfloat16* gate_at = h + static_cast<std::size_t>(row) * 2 * D + col;
+    const Vec<nv_bfloat16> gate = load_vec(gate_at), up = load_vec(gate_at + D);
+#pragma unroll
+    for (int k = 0; k < blocks::kRowChunk; ++k)
+      chunk[0][k] = __float2bfloat16(swiglu_value(__bfloat162float(gate[k]), __bfloat162float(up[k])));
+  }
+  __device__ __forceinline__ int column_block(int y) const { return y; }
+};
+
+// The gradient dh [N, 2D] as swiglu_backward writes it (rounded to bf16). A gate tile and the up
+// tile D columns later read the same gate, up and dout: with D % 128 == 0 they take neighbouring
+// grid columns, so the second read finds the inputs in L2.
+struct SwigluBackwardSource {
+  const nv_bfloat16* dout;
+  const nv_bfloat16* h;
+  int D;
+  __device__ __forceinline__ void load(int row, int col, Vec<nv_bfloat16> (&chunk)[1]) const {
+    if (col >= 2 * D) {
+#pragma unroll
+      for (int k = 0; k < blocks::kRowChunk; ++k) chunk[0][k] = __float2bfloat16(0.f);
+      return;
+    }
+    const bool up_half = col >= D;
+    const int j = up_half ? col - D : col;
+    const nv_bfloat16* gate_at = h + static_cast<std::size_t>(row) * 2 * D + j;
+    const Vec<nv_bfloat16> gate = load_vec(gate_at), up = load_vec(gate_at + D);
+    const Vec<nv_bfloat16> dy = load_vec(dout + static_cast<std::size_t>(row) * D + j);
+#pragma unroll
+    for (int k = 0; k < blocks::kRowChunk; ++k) {
+      float dg, du;
+      swiglu_grad(__bfloat162float(gate[k]), __bfloat162float(up[k]), __bfloat162float(dy[k]), dg, du);
+      chunk[0][k] = __float2bfloat16(up_half ? du : dg);
+    }
+  }
+  __device__ __forceinline__ int column_block(int y) const {
+    const int half = D / blocks::kBlock;
+    return D % blocks::kBlock == 0 ? (y % 2 == 0 ? y / 2 : half + y / 2) : y;
+  }
+};
+
+// cols: of the quantized tensor (D forward, 2D backward).
+void check_swiglu_blocks(const char* op, const void* q, const float* q_scale_inv, const void* q_t,
+                         const float* q_t_scale_inv, const nv_bfloat16* h, const nv_bfloat16* dout, int N, int D,
+                         int cols) {
+  blocks::check_block_outputs(op, q, q_scale_inv, q_t, q_t_scale_inv, N, cols);
+  LLMQ_REQUIRE(D % 8 == 0, "{}: D={} must be a multiple of 8", op, D);
+  LLMQ_REQUIRE(h && aligned16(h) && (dout == nullptr || aligned16(dout)),
+               "{}: h and dout must be non-null and 16-byte aligned (h={}, dout={})", op, static_cast<const void*>(h),
+               static_cast<const void*>(dout));
+}
+
+template <typename Source>
+void launch_swiglu_blocks(const blocks::BlockOutputs& out, DType q_dtype, const Source& src, int rows, int cols,
+                          cudaStream_t stream) {
+  const float fmax = fp8_max(q_dtype);
+  if (q_dtype == DType::E4M3)
+    blocks::launch_blocks<__NV_E4M3>(out, Fp8Blocks::Row128, src, rows, cols, fmax, stream);
+  else
+    blocks::launch_blocks<__NV_E5M2>(out, Fp8Blocks::Row128, src, rows, cols, fmax, stream);
+  LLMQ_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void swiglu_forward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
+                               ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* h, int N, int D,
+                               cudaStream_t stream) {
+  check_swiglu_blocks("swiglu_forward_blocks_fp8", q, q_scale_inv, q_t, q_t_scale_inv, h, nullptr, N, D, D);
+  const blocks::BlockOutputs out{static_cast<fp8_byte*>(q), q_scale_inv, q_layout, static_cast<fp8_byte*>(q_t),
+                                 q_t_scale_inv, q_t_layout};
+  launch_swiglu_blocks(out, q_dtype, SwigluForwardSource{h, D}, N, D, stream);
+}
+
+void swiglu_backward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
+                                ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* dout, const nv_bfloat16* h,
+                                int N, int D, cudaStream_t stream) {
+  LLMQ_REQUIRE(dout != nullptr, "swiglu_backward_blocks_fp8: null dout");
+  check_swiglu_blocks("swiglu_backward_blocks_fp8", q, q_scale_inv, q_t, q_t_scale_inv, h, dout, N, D, 2 * D);
+  const blocks::BlockOutputs out{static_cast<fp8_byte*>(q), q_scale_inv, q_layout, static_cast<fp8_byte*>(q_t),
+                                 q_t_scale_inv, q_t_layout};
+  launch_swiglu_blocks(out, q_dtype, SwigluBackwardSource{dout, h, D}, N, 2 * D, stream);
 }
 
 }  // namespace llmq::kernels

@@ -1,4 +1,5 @@
-// SwiGLU backward straight to e5m2 (swiglu_backward_abs_max + swiglu_backward_e5m2, swiglu_fp8.cu):
+// SwiGLU straight to FP8 (swiglu_fp8.cu).
+// Per-tensor e5m2 backward (swiglu_backward_abs_max + swiglu_backward_e5m2):
 // the abs-max and every byte of q, q_t and scale_inv must equal the unfused path (swiglu_backward
 // into bf16 with its abs-max, then quantize_transpose_fp8 to e5m2), which the SwiGLU and quantize
 // tests check against CPU references; the dequantized result must also match a double-precision
@@ -9,10 +10,12 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_utils.h"
 #include "kernels/quantize.h"
+#include "kernels/quantize_blocks.h"
 #include "kernels/swiglu.h"
 
 namespace llmq::test {
@@ -124,6 +127,97 @@ TEST(SwigluBackwardE5m2, Bandwidth) {
   // Reads gate, up and dout (6 bytes per element of dout), writes 2 x 2 FP8 bytes.
   report_bandwidth("swiglu_backward_e5m2 16384 x 4864", 10.0 * in.N * in.D, ms);
   EXPECT_GT(slots.download()[4], 0.f);
+}
+
+// ---- block-scaled (1 x 128) forward and backward ---------------------------------------------------
+// Every byte and scale_inv must equal the unfused path (swiglu_forward / swiglu_backward into bf16,
+// then quantize_blocks_fp8 with Row128 blocks), which test_swiglu and test_quantize_blocks check
+// against CPU references. Sizes: D % 128 == 0 (the backward pairs gate and up tiles) and not,
+// rows not a multiple of 16 or of the 128-row block.
+
+struct BlockOutputs {
+  std::vector<byte> q, q_t;
+  std::vector<float> q_scales, t_scales;
+};
+
+// Runs `quantize(q, q_scales, q_layout, q_t, t_scales, t_layout)` for a [rows, cols] result.
+template <typename F>
+BlockOutputs run_blocks(int rows, int cols, F&& quantize) {
+  const std::size_t n = static_cast<std::size_t>(rows) * cols;
+  const int row_blocks = (rows + 127) / 128, col_blocks = (cols + 127) / 128;
+  const kernels::ScaleLayout q_layout{col_blocks, 1}, t_layout{1, cols};
+  DeviceBuffer<byte> q(n), q_t(n);
+  DeviceBuffer<float> qs(static_cast<std::size_t>(rows) * col_blocks), ts(static_cast<std::size_t>(cols) * row_blocks);
+  q.poison();
+  q_t.poison();
+  qs.poison();
+  ts.poison();
+  quantize(q.get(), qs.get(), q_layout, q_t.get(), ts.get(), t_layout);
+  sync_and_check();
+  return {q.download(), q_t.download(), qs.download(), ts.download()};
+}
+
+void expect_same(const BlockOutputs& got, const BlockOutputs& want, const std::string& what) {
+  EXPECT_TRUE(got.q == want.q) << what << ": q differs";
+  EXPECT_TRUE(got.q_t == want.q_t) << what << ": q_t differs";
+  ASSERT_EQ(got.q_scales.size(), want.q_scales.size());
+  ASSERT_EQ(got.t_scales.size(), want.t_scales.size());
+  for (std::size_t i = 0; i < got.q_scales.size(); ++i)
+    ASSERT_EQ(bits_of(got.q_scales[i]), bits_of(want.q_scales[i])) << what << ": q scale " << i;
+  for (std::size_t i = 0; i < got.t_scales.size(); ++i)
+    ASSERT_EQ(bits_of(got.t_scales[i]), bits_of(want.t_scales[i])) << what << ": q_t scale " << i;
+}
+
+TEST(SwigluBlocksFp8, ForwardSameBytesAsSwigluForwardThenQuantizeBlocks) {
+  for (auto [N, D] : {std::pair{256, 384}, std::pair{200, 136}, std::pair{130, 4864}}) {
+    const Inputs in(N, D, 900 + D);
+    DeviceBuffer<__nv_bfloat16> out(static_cast<std::size_t>(N) * D);
+    kernels::swiglu_forward(out.get(), in.h.get(), N, D, nullptr);
+    for (DType t : {DType::E4M3, DType::E5M2}) {
+      const BlockOutputs want = run_blocks(N, D, [&](auto... args) {
+        kernels::quantize_blocks_fp8(args..., t, kernels::Fp8Blocks::Row128, out.get(), N, D, nullptr);
+      });
+      const BlockOutputs got = run_blocks(N, D, [&](auto... args) {
+        kernels::swiglu_forward_blocks_fp8(args..., t, in.h.get(), N, D, nullptr);
+      });
+      expect_same(got, want, "forward N=" + std::to_string(N) + " D=" + std::to_string(D));
+    }
+  }
+}
+
+TEST(SwigluBlocksFp8, BackwardSameBytesAsSwigluBackwardThenQuantizeBlocks) {
+  for (auto [N, D] : {std::pair{256, 384}, std::pair{200, 136}, std::pair{130, 4864}}) {
+    const Inputs in(N, D, 950 + D);
+    DeviceBuffer<__nv_bfloat16> dh(in.elements());
+    kernels::swiglu_backward(dh.get(), in.dout.get(), in.h.get(), N, D, nullptr);
+    for (DType t : {DType::E4M3, DType::E5M2}) {
+      const BlockOutputs want = run_blocks(N, 2 * D, [&](auto... args) {
+        kernels::quantize_blocks_fp8(args..., t, kernels::Fp8Blocks::Row128, dh.get(), N, 2 * D, nullptr);
+      });
+      const BlockOutputs got = run_blocks(N, 2 * D, [&](auto... args) {
+        kernels::swiglu_backward_blocks_fp8(args..., t, in.dout.get(), in.h.get(), N, D, nullptr);
+      });
+      expect_same(got, want, "backward N=" + std::to_string(N) + " D=" + std::to_string(D));
+    }
+  }
+}
+
+// Timing printout at 0.5B's shape (16384 x 4864): bytes read and written once each.
+TEST(SwigluBlocksFp8, Bandwidth) {
+  const Inputs in(16384, 4864, 990);
+  const auto time = [&](const char* what, double bytes, auto&& launch) {
+    run_blocks(in.N, 2 * in.D, [&](auto... args) {
+      const double ms = mean_ms([&] { launch(args...); });
+      report_bandwidth(what, bytes, ms);
+    });
+  };
+  const double elems = static_cast<double>(in.N) * in.D;
+  time("swiglu_forward_blocks_fp8 16384 x 4864", elems * (4 + 2), [&](auto... args) {
+    kernels::swiglu_forward_blocks_fp8(args..., DType::E4M3, in.h.get(), in.N, in.D, nullptr);
+  });
+  time("swiglu_backward_blocks_fp8 16384 x 4864", elems * (6 + 4), [&](auto... args) {
+    kernels::swiglu_backward_blocks_fp8(args..., DType::E5M2, in.dout.get(), in.h.get(), in.N, in.D, nullptr);
+  });
 }
 
 TEST(SwigluBackwardE5m2, RejectsBadArguments) {
