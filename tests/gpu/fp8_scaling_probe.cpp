@@ -106,6 +106,7 @@ struct Gemm {
   int M, N, K;
   bool a_e5m2 = false;  // a (cuBLASLt's B) in e5m2: a gradient
   Mode a_mode = Mode::Scalar, b_mode = Mode::Scalar;
+  const void* bias = nullptr;  // N bf16 values added by the epilogue (the QKV forward has one)
 };
 
 // Descriptors and the heuristic's candidates for one problem; empty `algos` when there is none.
@@ -121,6 +122,11 @@ class Plan {
     set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, b_scale);
     set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, a_scale);
     set(CUBLASLT_MATMUL_DESC_FAST_ACCUM, std::int8_t{0});
+    if (g.bias) {
+      set(CUBLASLT_MATMUL_DESC_EPILOGUE, CUBLASLT_EPILOGUE_BIAS);
+      set(CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(CUDA_R_16BF));
+      set(CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
+    }
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&la_, CUDA_R_8F_E4M3, g.K, g.N, g.K));
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&lb_, fp8_type(g.a_e5m2), g.K, g.M, g.K));
     LLMQ_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&ld_, CUDA_R_16BF, g.N, g.M, g.N));
@@ -297,12 +303,13 @@ void probe_layout(Context& ctx, Mode a_mode, Mode b_mode, bool a_e5m2) {
 struct Shape {
   std::string name;
   int M, N, K;
-  bool gradient;  // a is a gradient (e5m2 in the per-tensor recipe)
+  bool gradient;      // a is a gradient (e5m2 in the per-tensor recipe)
+  bool bias = false;  // also timed with the bias epilogue
 };
 
 std::vector<Shape> qwen_shapes(const std::string& model, int tokens, int C, int qkv, int D) {
   return {
-      {model + " qkv fwd", tokens, qkv, C, false},
+      {model + " qkv fwd", tokens, qkv, C, false, true},
       {model + " att-out fwd", tokens, C, C, false},
       {model + " gate-up fwd", tokens, 2 * D, C, false},
       {model + " down fwd", tokens, C, D, false},
@@ -340,18 +347,26 @@ float time_algo(Context& ctx, const Plan& plan, int algo, void* out, const void*
 struct Variant {
   Mode a_mode, b_mode;
   bool a_e5m2;
+  bool bias = false;
 };
 
 void probe_speed(Context& ctx, const Shape& s) {
   std::vector<Variant> variants = {{Mode::Scalar, Mode::Scalar, false}, {Mode::Outer, Mode::Outer, false},
                                    {Mode::Vec128, Mode::Blk128, false}, {Mode::Vec128, Mode::Vec128, false}};
   if (s.gradient) variants.push_back({Mode::Scalar, Mode::Scalar, true});
+  if (s.bias) {
+    variants.push_back({Mode::Scalar, Mode::Scalar, false, true});
+    variants.push_back({Mode::Vec128, Mode::Blk128, false, true});
+  }
   const std::size_t a_bytes = static_cast<std::size_t>(s.M) * s.K, b_bytes = static_cast<std::size_t>(s.N) * s.K;
   void *a = nullptr, *b = nullptr, *out = nullptr;
   float *sa = nullptr, *sb = nullptr;
   LLMQ_CUDA_CHECK(cudaMalloc(&a, a_bytes));
   LLMQ_CUDA_CHECK(cudaMalloc(&b, b_bytes));
   LLMQ_CUDA_CHECK(cudaMalloc(&out, sizeof(nv_bfloat16) * s.M * s.N));
+  void* bias = nullptr;
+  LLMQ_CUDA_CHECK(cudaMalloc(&bias, sizeof(nv_bfloat16) * s.N));
+  LLMQ_CUDA_CHECK(cudaMemset(bias, 0, sizeof(nv_bfloat16) * s.N));
   const std::size_t n_scales = std::max(scale_count(s.M, s.K), scale_count(s.N, s.K));
   LLMQ_CUDA_CHECK(cudaMalloc(&sa, n_scales * sizeof(float)));
   LLMQ_CUDA_CHECK(cudaMalloc(&sb, n_scales * sizeof(float)));
@@ -365,7 +380,8 @@ void probe_speed(Context& ctx, const Shape& s) {
   std::vector<std::unique_ptr<Plan>> plans;
   std::vector<int> best_algo(variants.size(), -1);
   for (std::size_t v = 0; v < variants.size(); ++v) {
-    const Gemm g{s.M, s.N, s.K, variants[v].a_e5m2, variants[v].a_mode, variants[v].b_mode};
+    const Gemm g{s.M, s.N, s.K, variants[v].a_e5m2, variants[v].a_mode, variants[v].b_mode,
+                 variants[v].bias ? bias : nullptr};
     plans.push_back(std::make_unique<Plan>(ctx.handle, g, sa, sb, ctx.workspace_bytes));
     float best = -1;
     for (int i = 0; i < static_cast<int>(plans[v]->algos.size()); ++i) {
@@ -382,8 +398,8 @@ void probe_speed(Context& ctx, const Shape& s) {
     }
   const double flop = 2.0 * s.M * s.N * s.K;
   for (std::size_t v = 0; v < variants.size(); ++v) {
-    const std::string what = fmt::format("{} x {}{}", mode_name(variants[v].a_mode), mode_name(variants[v].b_mode),
-                                         variants[v].a_e5m2 ? " (a e5m2)" : "");
+    const std::string what = fmt::format("{} x {}{}{}", mode_name(variants[v].a_mode), mode_name(variants[v].b_mode),
+                                         variants[v].a_e5m2 ? " (a e5m2)" : "", variants[v].bias ? " + bias" : "");
     if (ms[v] < 0) {
       fmt::print("speed | {} | {}x{}x{} | {} | no algorithm ({} candidates)\n", s.name, s.M, s.N, s.K, what,
                  plans[v]->algos.size());
@@ -393,7 +409,7 @@ void probe_speed(Context& ctx, const Shape& s) {
                what, ms[v] * 1e3, flop / (ms[v] * 1e-3) / 1e12, ms[0] > 0 ? ms[v] / ms[0] : 0.0);
   }
   plans.clear();
-  for (void* p : {a, b, out, static_cast<void*>(sa), static_cast<void*>(sb)}) LLMQ_CUDA_CHECK(cudaFree(p));
+  for (void* p : {a, b, out, bias, static_cast<void*>(sa), static_cast<void*>(sb)}) LLMQ_CUDA_CHECK(cudaFree(p));
 }
 
 }  // namespace
