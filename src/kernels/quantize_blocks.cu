@@ -23,21 +23,9 @@ void check_block_outputs(const char* op, const void* q, const float* q_scale_inv
 void quantize_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
                          ScaleLayout q_t_layout, DType q_dtype, Fp8Blocks blocks, const nv_bfloat16* x, int rows,
                          int cols, cudaStream_t stream) {
-  const float fmax = fp8_max(q_dtype);
-  blocks::check_block_outputs("quantize_blocks_fp8", q, q_scale_inv, q_t, q_t_scale_inv, rows, cols);
   LLMQ_REQUIRE(x != nullptr, "quantize_blocks_fp8: null input pointer for [{}, {}]", rows, cols);
-  const blocks::BlockOutputs out{.q = static_cast<fp8::fp8_byte*>(q),
-                                 .q_scale_inv = q_scale_inv,
-                                 .q_layout = q_layout,
-                                 .q_t = static_cast<fp8::fp8_byte*>(q_t),
-                                 .q_t_scale_inv = q_t_scale_inv,
-                                 .q_t_layout = q_t_layout};
-  const blocks::TensorSource src{x, cols, aligned16(x) && cols % 8 == 0};
-  if (q_dtype == DType::E4M3)
-    blocks::launch_blocks<__NV_E4M3>(out, blocks, src, rows, cols, fmax, stream);
-  else
-    blocks::launch_blocks<__NV_E5M2>(out, blocks, src, rows, cols, fmax, stream);
-  LLMQ_CUDA_CHECK_LAUNCH();
+  blocks::quantize_source("quantize_blocks_fp8", q, q_scale_inv, q_layout, q_t, q_t_scale_inv, q_t_layout, q_dtype,
+                          blocks, blocks::TensorSource{x, cols, aligned16(x) && cols % 8 == 0}, rows, cols, stream);
 }
 
 }  // namespace llmq::kernels

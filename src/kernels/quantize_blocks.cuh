@@ -19,6 +19,8 @@
 
 #include "kernels/fp8_common.cuh"
 #include "kernels/kernel_utils.cuh"
+#include "core/errors.h"
+#include "kernels/quantize.h"
 #include "kernels/quantize_blocks.h"
 
 namespace llmq::kernels::blocks {
@@ -38,6 +40,12 @@ struct BlockVectorization {
   bool store_q;  // q 8-byte aligned and cols % 8 == 0
   bool store_t;  // q_t 16-byte aligned and rows % 16 == 0
 };
+
+// A chunk of zeros: what sources yield past the tensor's edge (zeros change no abs-max).
+__device__ __forceinline__ void zero_chunk(Vec<nv_bfloat16> (&chunk)[1]) {
+#pragma unroll
+  for (int k = 0; k < kRowChunk; ++k) chunk[0][k] = __float2bfloat16(0.f);
+}
 
 // The plain source: 8 elements of x [rows, cols] from (row, col) on, zeros past the row's end.
 struct TensorSource {
@@ -107,12 +115,10 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int s = 0; s < kRowSteps; ++s) {
     const int lr = tr + s * (kThreads / kChunksPerRow);
-    if (r0 + lr < rows) {
+    if (r0 + lr < rows)
       src.load(r0 + lr, c0 + tc, chunk[s]);
-    } else {
-#pragma unroll
-      for (int k = 0; k < kRowChunk; ++k) chunk[s][0][k] = __float2bfloat16(0.f);
-    }
+    else
+      zero_chunk(chunk[s]);
     *reinterpret_cast<int4*>(&tile[lr][tc]) = *reinterpret_cast<const int4*>(&chunk[s][0]);
     row_bits[s] = half_warp_max(chunk_abs_max_bits(chunk[s][0]));
   }
@@ -186,17 +192,38 @@ __host__ inline bool aligned8(const void* p) { return reinterpret_cast<std::uint
 void check_block_outputs(const char* op, const void* q, const float* q_scale_inv, const void* q_t,
                          const float* q_t_scale_inv, int rows, int cols);
 
-// Launches the kernel over [rows, cols] for `blocks`; the caller checked the arguments.
 template <__nv_fp8_interpretation_t kFormat, typename Source>
-void launch_blocks(const BlockOutputs& out, Fp8Blocks blocks, const Source& src, int rows, int cols, float fmax,
+void launch_kernel(const BlockOutputs& out, Fp8Blocks blocks, const Source& src, int rows, int cols,
                    cudaStream_t stream) {
   const BlockVectorization vec{.store_q = aligned8(out.q) && cols % 8 == 0,
                                .store_t = aligned16(out.q_t) && rows % 16 == 0};
   const dim3 grid(ceil_div(rows, kBlock), ceil_div(cols, kBlock));
+  const float fmax = fp8_max(kFormat == __NV_E4M3 ? DType::E4M3 : DType::E5M2);
   if (blocks == Fp8Blocks::Square128)
     quantize_blocks_kernel<kFormat, true><<<grid, kThreads, 0, stream>>>(out, src, rows, cols, fmax, vec);
   else
     quantize_blocks_kernel<kFormat, false><<<grid, kThreads, 0, stream>>>(out, src, rows, cols, fmax, vec);
+}
+
+// Quantizes the [rows, cols] tensor that `src` yields into q / q_t (the arguments of
+// quantize_blocks_fp8); checks the outputs first, naming `op` in the message.
+template <typename Source>
+void quantize_source(const char* op, void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t,
+                     float* q_t_scale_inv, ScaleLayout q_t_layout, DType q_dtype, Fp8Blocks blocks, const Source& src,
+                     int rows, int cols, cudaStream_t stream) {
+  fp8_max(q_dtype);  // throws for a dtype that is not FP8
+  check_block_outputs(op, q, q_scale_inv, q_t, q_t_scale_inv, rows, cols);
+  const BlockOutputs out{.q = static_cast<fp8_byte*>(q),
+                         .q_scale_inv = q_scale_inv,
+                         .q_layout = q_layout,
+                         .q_t = static_cast<fp8_byte*>(q_t),
+                         .q_t_scale_inv = q_t_scale_inv,
+                         .q_t_layout = q_t_layout};
+  if (q_dtype == DType::E4M3)
+    launch_kernel<__NV_E4M3>(out, blocks, src, rows, cols, stream);
+  else
+    launch_kernel<__NV_E5M2>(out, blocks, src, rows, cols, stream);
+  LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace llmq::kernels::blocks

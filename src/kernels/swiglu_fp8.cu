@@ -119,11 +119,7 @@ struct SwigluForwardSource {
   const nv_bfloat16* h;
   int D;
   __device__ __forceinline__ void load(int row, int col, Vec<nv_bfloat16> (&chunk)[1]) const {
-    if (col >= D) {  // D % 8 == 0: a chunk is inside the row or past it
-#pragma unroll
-      for (int k = 0; k < blocks::kRowChunk; ++k) chunk[0][k] = __float2bfloat16(0.f);
-      return;
-    }
+    if (col >= D) return blocks::zero_chunk(chunk);  // D % 8 == 0: a chunk is inside the row or past it
     const nv_bfloat16* gate_at = h + static_cast<std::size_t>(row) * 2 * D + col;
     const Vec<nv_bfloat16> gate = load_vec(gate_at), up = load_vec(gate_at + D);
 #pragma unroll
@@ -141,11 +137,7 @@ struct SwigluBackwardSource {
   const nv_bfloat16* h;
   int D;
   __device__ __forceinline__ void load(int row, int col, Vec<nv_bfloat16> (&chunk)[1]) const {
-    if (col >= 2 * D) {
-#pragma unroll
-      for (int k = 0; k < blocks::kRowChunk; ++k) chunk[0][k] = __float2bfloat16(0.f);
-      return;
-    }
+    if (col >= 2 * D) return blocks::zero_chunk(chunk);
     const bool up_half = col >= D;
     const int j = up_half ? col - D : col;
     const nv_bfloat16* gate_at = h + static_cast<std::size_t>(row) * 2 * D + j;
@@ -164,26 +156,12 @@ struct SwigluBackwardSource {
   }
 };
 
-// cols: of the quantized tensor (D forward, 2D backward).
-void check_swiglu_blocks(const char* op, const void* q, const float* q_scale_inv, const void* q_t,
-                         const float* q_t_scale_inv, const nv_bfloat16* h, const nv_bfloat16* dout, int N, int D,
-                         int cols) {
-  blocks::check_block_outputs(op, q, q_scale_inv, q_t, q_t_scale_inv, N, cols);
+// h and dout (when given) as the sources read them.
+void check_swiglu_inputs(const char* op, const nv_bfloat16* h, const nv_bfloat16* dout, int D) {
   LLMQ_REQUIRE(D % 8 == 0, "{}: D={} must be a multiple of 8", op, D);
   LLMQ_REQUIRE(h && aligned16(h) && (dout == nullptr || aligned16(dout)),
                "{}: h and dout must be non-null and 16-byte aligned (h={}, dout={})", op, static_cast<const void*>(h),
                static_cast<const void*>(dout));
-}
-
-template <typename Source>
-void launch_swiglu_blocks(const blocks::BlockOutputs& out, DType q_dtype, const Source& src, int rows, int cols,
-                          cudaStream_t stream) {
-  const float fmax = fp8_max(q_dtype);
-  if (q_dtype == DType::E4M3)
-    blocks::launch_blocks<__NV_E4M3>(out, Fp8Blocks::Row128, src, rows, cols, fmax, stream);
-  else
-    blocks::launch_blocks<__NV_E5M2>(out, Fp8Blocks::Row128, src, rows, cols, fmax, stream);
-  LLMQ_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -191,20 +169,20 @@ void launch_swiglu_blocks(const blocks::BlockOutputs& out, DType q_dtype, const 
 void swiglu_forward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
                                ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* h, int N, int D,
                                cudaStream_t stream) {
-  check_swiglu_blocks("swiglu_forward_blocks_fp8", q, q_scale_inv, q_t, q_t_scale_inv, h, nullptr, N, D, D);
-  const blocks::BlockOutputs out{static_cast<fp8_byte*>(q), q_scale_inv, q_layout, static_cast<fp8_byte*>(q_t),
-                                 q_t_scale_inv, q_t_layout};
-  launch_swiglu_blocks(out, q_dtype, SwigluForwardSource{h, D}, N, D, stream);
+  const char* op = "swiglu_forward_blocks_fp8";
+  check_swiglu_inputs(op, h, nullptr, D);
+  blocks::quantize_source(op, q, q_scale_inv, q_layout, q_t, q_t_scale_inv, q_t_layout, q_dtype, Fp8Blocks::Row128,
+                          SwigluForwardSource{h, D}, N, D, stream);
 }
 
 void swiglu_backward_blocks_fp8(void* q, float* q_scale_inv, ScaleLayout q_layout, void* q_t, float* q_t_scale_inv,
                                 ScaleLayout q_t_layout, DType q_dtype, const nv_bfloat16* dout, const nv_bfloat16* h,
                                 int N, int D, cudaStream_t stream) {
-  LLMQ_REQUIRE(dout != nullptr, "swiglu_backward_blocks_fp8: null dout");
-  check_swiglu_blocks("swiglu_backward_blocks_fp8", q, q_scale_inv, q_t, q_t_scale_inv, h, dout, N, D, 2 * D);
-  const blocks::BlockOutputs out{static_cast<fp8_byte*>(q), q_scale_inv, q_layout, static_cast<fp8_byte*>(q_t),
-                                 q_t_scale_inv, q_t_layout};
-  launch_swiglu_blocks(out, q_dtype, SwigluBackwardSource{dout, h, D}, N, 2 * D, stream);
+  const char* op = "swiglu_backward_blocks_fp8";
+  LLMQ_REQUIRE(dout != nullptr, "{}: null dout", op);
+  check_swiglu_inputs(op, h, dout, D);
+  blocks::quantize_source(op, q, q_scale_inv, q_layout, q_t, q_t_scale_inv, q_t_layout, q_dtype, Fp8Blocks::Row128,
+                          SwigluBackwardSource{dout, h, D}, N, 2 * D, stream);
 }
 
 }  // namespace llmq::kernels
